@@ -1,0 +1,5 @@
+import sys
+
+from gitroot.cli import main
+
+sys.exit(main())

@@ -1,0 +1,73 @@
+"""Command-line entry point: a table of verbs, each in its own module.
+
+Each verb module defines ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their verb runs, so ``gitroot mount`` (which
+the initramfs runs) never imports signing, HTTP or fetcher code.
+
+``main()`` is the only place that prints an error and picks an exit status:
+a :class:`gitroot.errors.GitrootError` becomes one line on stderr and its
+``exit_code``; a traceback is shown only with ``--debug``.
+"""
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import List, Optional
+
+# verb -> (module, one-line help).  Keep sorted by life-cycle, not alphabet.
+VERBS = {
+    "commit": ("gitroot.cli.commit", "import a root filesystem tree as a commit"),
+    "mount": ("gitroot.cli.mount", "serve a commit read-only through FUSE"),
+}
+
+
+def build_parser(argv: List[str]) -> argparse.ArgumentParser:
+    """The parser, with arguments only for the verb named in *argv*.
+
+    Only that verb's module is imported, so an unused verb's imports never
+    run (the initramfs runs ``gitroot mount`` and nothing else).
+    """
+    parser = argparse.ArgumentParser(
+        prog="gitroot",
+        description="Ship and boot an operating system root filesystem from git.",
+    )
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks and debug logging")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for verb, (module_name, summary) in VERBS.items():
+        verb_parser = sub.add_parser(verb, help=summary, description=summary)
+        if verb == wanted:
+            module = importlib.import_module(module_name)
+            module.add_arguments(verb_parser)
+            verb_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="gitroot: %(message)s",
+        stream=sys.stderr,
+    )
+    from gitroot.errors import GitrootError
+
+    try:
+        return int(args._run(args) or 0)
+    except GitrootError as err:
+        if args.debug:
+            raise
+        print(f"gitroot: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("gitroot: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
