@@ -1,0 +1,23 @@
+"""gitroot mount --repo REPO REV MOUNTPOINT"""
+
+import argparse
+
+from gitroot.mount import mount
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repo", required=True, help="the (bare) git repository")
+    parser.add_argument("rev", metavar="REV", help="commit id, tag or branch to serve")
+    parser.add_argument("mountpoint", metavar="MOUNTPOINT")
+    parser.add_argument("--foreground", "-f", action="store_true",
+                        help="serve in this process until unmounted")
+    parser.add_argument("--allow-other", dest="allow_other", action="store_true", default=None,
+                        help="let other users in (the default when run as root)")
+    parser.add_argument("--no-allow-other", dest="allow_other", action="store_false")
+    parser.add_argument("--log-file", help="the daemon's log (default: syslog if present)")
+
+
+def run(args: argparse.Namespace) -> int:
+    mount(args.repo, args.rev, args.mountpoint, foreground=args.foreground,
+          allow_other=args.allow_other, log_file=args.log_file, debug=args.debug)
+    return 0

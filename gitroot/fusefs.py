@@ -1,0 +1,171 @@
+"""The FUSE adapter: a thin protocol layer over :class:`gitroot.vfs.RootView`.
+
+It turns FUSE paths into view paths, view exceptions into errno values (in
+one place, :meth:`GitrootFS.__call__`), and answers every write with EROFS.
+All filesystem knowledge is in ``gitroot.vfs``.
+
+Paths cross fusepy as ``str``; fusepy is told to use latin-1, which maps
+every byte to one code point and back, so names that are not UTF-8 survive.
+
+The content of a commit never changes, so :func:`mount_options` lets the
+kernel cache attributes, entries, negative lookups and pages for a day.
+
+Threading: FUSE runs single-threaded (``nothreads``): the GIL would serialize
+the Python work anyway, and one thread keeps the view's lazy loading simple.
+"""
+
+import errno
+import logging
+import os
+from typing import Dict
+
+from gitroot.vfs import EntryError, FileHandle, RootView
+
+try:                            # Debian's python3-fusepy names the module fusepy
+    import fusepy as fuse
+except ImportError:             # PyPI's fusepy installs it as fuse
+    import fuse
+
+log = logging.getLogger(__name__)
+
+ENCODING = "latin-1"
+CACHE_SECONDS = 86400
+
+
+def _vpath(path: str) -> bytes:
+    return b"." if path == "/" else path[1:].encode(ENCODING)
+
+
+class GitrootFS(fuse.Operations):
+    """fusepy operations for one commit."""
+
+    use_ns = True      # times are integer nanoseconds
+
+    def __init__(self, view: RootView, on_ready=None):
+        self.view = view
+        self.on_ready = on_ready
+        self._handles: Dict[int, FileHandle] = {}
+        self._next_fh = 1
+
+    def __call__(self, op, *args):
+        method = getattr(self, op, None)
+        if method is None:
+            raise fuse.FuseOSError(errno.EROFS if op in _WRITE_OPS else errno.ENOSYS)
+        try:
+            return method(*args)
+        except fuse.FuseOSError:
+            raise
+        except EntryError:
+            raise fuse.FuseOSError(errno.EIO) from None
+        except FileNotFoundError:
+            raise fuse.FuseOSError(errno.ENOENT) from None
+        except NotADirectoryError:
+            raise fuse.FuseOSError(errno.ENOTDIR) from None
+        except IsADirectoryError:
+            raise fuse.FuseOSError(errno.EISDIR) from None
+        except OSError as err:
+            raise fuse.FuseOSError(err.errno or errno.EIO) from None
+        except Exception:
+            log.exception("internal error in %s%r", op, args[:1])
+            raise fuse.FuseOSError(errno.EIO) from None
+
+    # -- life cycle ------------------------------------------------------
+
+    def init(self, path):
+        if self.on_ready is not None:
+            self.on_ready()
+
+    # -- metadata --------------------------------------------------------
+
+    def getattr(self, path, fh=None):
+        return self.view.getattr(_vpath(path))
+
+    def readdir(self, path, fh):
+        names = [".", ".."]
+        names.extend(n.decode(ENCODING) for n in self.view.listdir(_vpath(path)))
+        return names
+
+    def readlink(self, path):
+        return self.view.readlink(_vpath(path)).decode(ENCODING)
+
+    def getxattr(self, path, name, position=0):
+        want = name.encode(ENCODING)
+        for key, value in self.view.xattrs(_vpath(path)):
+            if key == want:
+                return value
+        raise fuse.FuseOSError(errno.ENODATA)
+
+    def listxattr(self, path):
+        return [k.decode(ENCODING) for k, _ in self.view.xattrs(_vpath(path))]
+
+    def statfs(self, path):
+        return self.view.statfs()
+
+    def access(self, path, amode):
+        if amode & os.W_OK:
+            raise fuse.FuseOSError(errno.EROFS)
+        self.view.lookup(_vpath(path))
+        return 0
+
+    # -- contents --------------------------------------------------------
+
+    def open(self, path, flags):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
+            raise fuse.FuseOSError(errno.EROFS)
+        handle = self.view.open(_vpath(path))
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        return fh
+
+    def read(self, path, size, offset, fh):
+        return self.view.read(self._handles[fh], size, offset)
+
+    def release(self, path, fh):
+        self._handles.pop(fh, None)
+        return 0
+
+    def opendir(self, path):
+        node = self.view.lookup(_vpath(path))
+        self.view.children(node)
+        return 0
+
+
+_WRITE_OPS = frozenset((
+    "chmod", "chown", "create", "link", "mkdir", "mknod", "removexattr",
+    "rename", "rmdir", "setxattr", "symlink", "truncate", "unlink", "utimens",
+    "write",
+))
+# fusepy only registers operations the class defines; define the write ones
+# so the kernel gets EROFS instead of ENOSYS.
+for _op in _WRITE_OPS:
+    def _refuse(self, *args, _op=_op):
+        raise fuse.FuseOSError(errno.EROFS)
+    _refuse.__name__ = _op
+    setattr(GitrootFS, _op, _refuse)
+del _op, _refuse
+
+
+def mount_options(allow_other: bool) -> dict:
+    opts = dict(
+        ro=True,
+        default_permissions=True,     # the kernel checks modes and owners
+        use_ino=True,                 # serve our stable inode numbers
+        kernel_cache=True,            # pages stay cached across opens
+        attr_timeout=CACHE_SECONDS,
+        entry_timeout=CACHE_SECONDS,
+        negative_timeout=CACHE_SECONDS,
+        fsname="gitroot",
+        subtype="gitroot",
+    )
+    if allow_other:
+        opts["allow_other"] = True
+    return opts
+
+
+def run_fuse(view: RootView, mountpoint: str, allow_other: bool, on_ready=None,
+             debug: bool = False) -> None:
+    """Serve *view* at *mountpoint* until unmounted (blocks)."""
+    ops = GitrootFS(view, on_ready)
+    fuse.FUSE(ops, mountpoint, foreground=True, nothreads=True, encoding=ENCODING,
+              debug=debug, **mount_options(allow_other))

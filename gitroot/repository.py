@@ -1,0 +1,67 @@
+"""Opening gitroot's bare repositories and resolving revisions.
+
+Small on purpose: the boot path imports it.  Errors become
+:class:`gitroot.errors.RepositoryError` with a one-line message.
+"""
+
+import os
+from typing import Optional
+
+import pygit2
+
+from gitroot.errors import RepositoryError
+
+_COMMIT = getattr(pygit2, "GIT_OBJ_COMMIT", None) or pygit2.enums.ObjectType.COMMIT
+
+
+def open_repo(path: str) -> pygit2.Repository:
+    """Open an existing repository (bare or not) at exactly *path*."""
+    if not os.path.isdir(path):
+        raise RepositoryError(f"{path}: no such repository")
+    try:
+        # NO_SEARCH: never walk up to a parent's repository by accident.
+        flags = getattr(pygit2, "GIT_REPOSITORY_OPEN_NO_SEARCH", 1)
+        return pygit2.Repository(path, flags)
+    except (pygit2.GitError, KeyError, ValueError) as err:
+        raise RepositoryError(f"{path}: not a git repository ({err})") from None
+
+
+def open_or_init_bare(path: str) -> pygit2.Repository:
+    if os.path.exists(path):
+        return open_repo(path)
+    try:
+        return pygit2.init_repository(path, bare=True)
+    except pygit2.GitError as err:
+        raise RepositoryError(f"{path}: cannot create repository: {err}") from None
+
+
+def resolve_commit(repo: pygit2.Repository, rev: str) -> pygit2.Commit:
+    """The commit named by *rev*: a commit id (or prefix), tag, or branch."""
+    if not rev or rev.startswith("-") or "\0" in rev:
+        raise RepositoryError(f"invalid revision {rev!r}")
+    try:
+        obj = repo.revparse_single(rev)
+        commit = obj.peel(_COMMIT)
+    except (KeyError, ValueError, pygit2.GitError) as err:
+        detail = str(err).strip() or "not found"
+        raise RepositoryError(f"unknown revision {rev!r} in {repo.path.rstrip('/')}: "
+                              f"{detail}") from None
+    return commit
+
+
+def default_signature(repo: pygit2.Repository, role: str) -> pygit2.Signature:
+    """Author or committer from GIT_<ROLE>_NAME/EMAIL, git config, or a default."""
+    name = os.environ.get(f"GIT_{role}_NAME")
+    email = os.environ.get(f"GIT_{role}_EMAIL")
+    if not (name and email):
+        try:
+            config = repo.config
+            name = name or config["user.name"]
+            email = email or config["user.email"]
+        except (KeyError, pygit2.GitError):
+            pass
+    return pygit2.Signature(name or "gitroot", email or "gitroot@localhost")
+
+
+def short(oid: Optional[str]) -> str:
+    return (oid or "")[:12]
