@@ -278,6 +278,9 @@ class Manifest:
     nlink: Dict[int, int] = field(default_factory=dict)
     #: names of every entry's children, by parent directory path, in order
     children: Dict[bytes, List[bytes]] = field(default_factory=dict)
+    #: number of subdirectories, by directory path (a directory's link count
+    #: is 2 plus this, as on ext4)
+    subdirs: Dict[bytes, int] = field(default_factory=dict)
     #: lines that were rejected: (line number, reason); the paths they named
     #: (when readable) are served as I/O errors
     rejected: List[Tuple[int, str]] = field(default_factory=list)
@@ -362,6 +365,8 @@ def parse_manifest(data: bytes, strict: bool = False) -> Manifest:
         if parent is not None:
             man.children.setdefault(parent, []).append(
                 path if parent == b"." else path[len(parent) + 1:])
+            if entry.kind == KIND_DIR:
+                man.subdirs[parent] = man.subdirs.get(parent, 0) + 1
     if first:
         raise ManifestError("manifest has no root entry")
     return man

@@ -157,7 +157,7 @@ class RootView:
             nlink = 1
             rdev = 0
         if kind == mf.KIND_DIR:
-            nlink = 2
+            nlink = 2 + self.manifest.subdirs.get(path, 0)
         attrs = {
             "st_mode": mode, "st_ino": ino, "st_nlink": nlink,
             "st_uid": uid, "st_gid": gid, "st_size": size, "st_rdev": rdev,
