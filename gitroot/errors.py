@@ -46,3 +46,11 @@ class CorruptObjectError(GitrootError):
     """An object is missing from the store or does not hash to its id."""
 
     exit_code = 7
+
+
+class CmdlineError(UsageError):
+    """The kernel command line holds a malformed gitroot option."""
+
+
+class ConfigError(UsageError):
+    """The configuration file is unreadable, malformed, or holds a bad value."""
