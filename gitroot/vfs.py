@@ -240,10 +240,16 @@ class RootView:
         node = self._make_node(path, kind, oid, entry, git_mode=mode)
         if entry is None and oid is not None and kind != mf.KIND_DIR:
             try:
-                node.attrs["st_size"] = self.odb.read_header(pygit2.Oid(raw=oid))[1]
+                node.attrs["st_size"] = self._object_size(oid)
             except (KeyError, pygit2.GitError, ValueError) as err:
                 return self._error_node(path, f"object {oid.hex()} unreadable: {err}")
         return node
+
+    def _object_size(self, oid: bytes) -> int:
+        read_header = getattr(self.odb, "read_header", None)   # pygit2 >= 1.15
+        if read_header is not None:
+            return read_header(pygit2.Oid(raw=oid))[1]
+        return len(self.odb.read(pygit2.Oid(raw=oid))[1])
 
     # -- the view --------------------------------------------------------
 

@@ -1,0 +1,69 @@
+"""Build hostile repositories byte by byte for the bad-input tests.
+
+gitroot's own importer never writes these; an attacker's server could.
+"""
+
+import os
+import zlib
+from typing import List, Tuple
+
+import pygit2
+
+from gitroot import gitobjects as go
+from gitroot import manifest as mf
+
+
+def blob(repo: pygit2.Repository, data: bytes) -> bytes:
+    return repo.odb.write(go.OBJ_BLOB, data).raw
+
+
+def tree(repo: pygit2.Repository, items: List[Tuple[int, bytes, bytes]],
+         sort: bool = True) -> bytes:
+    """A tree object; with sort=False the items are written as given
+    (duplicates and all)."""
+    if sort:
+        data = go.format_tree(items)
+    else:
+        data = b"".join(b"%o %s\0%s" % it for it in items)
+    return repo.odb.write(go.OBJ_TREE, data).raw
+
+
+def with_manifest(repo, items, manifest_text: bytes) -> bytes:
+    """A root tree holding *items* plus .gitroot/manifest = manifest_text."""
+    man = tree(repo, [(go.MODE_BLOB, mf.MANIFEST_NAME, blob(repo, manifest_text))])
+    return tree(repo, list(items) + [(go.MODE_TREE, mf.MANIFEST_DIR, man)], sort=True)
+
+
+def commit(repo: pygit2.Repository, root_tree: bytes, branch: str = "main") -> str:
+    # Written raw: libgit2 refuses to commit some of the trees built here.
+    who = b"t <t@example.invalid> 1700000000 +0000"
+    data = b"tree %s\nauthor %s\ncommitter %s\n\ncrafted\n" % (
+        root_tree.hex().encode(), who, who)
+    oid = repo.odb.write(go.OBJ_COMMIT, data)
+    repo.create_reference_direct(f"refs/heads/{branch}", oid, True)
+    return str(oid)
+
+
+def manifest(*lines: bytes) -> bytes:
+    """A manifest with the root line first and *lines* after it."""
+    root = b".\td\t755\t0\t0\t1700000000.000000000\t-"
+    return mf.HEADER + b"\n" + b"\n".join((root,) + lines) + b"\n"
+
+
+def loose_path(repo: pygit2.Repository, oid_raw: bytes) -> str:
+    h = oid_raw.hex()
+    return os.path.join(repo.path, "objects", h[:2], h[2:])
+
+
+def corrupt_loose_object(repo: pygit2.Repository, oid_raw: bytes, new_content: bytes,
+                         type_name: bytes = b"blob") -> None:
+    """Replace a loose object's bytes with a valid zlib stream of other content,
+    so it reads fine but no longer hashes to its id."""
+    path = loose_path(repo, oid_raw)
+    os.chmod(path, 0o644)
+    with open(path, "wb") as f:
+        f.write(zlib.compress(type_name + b" %d\0" % len(new_content) + new_content))
+
+
+def remove_loose_object(repo: pygit2.Repository, oid_raw: bytes) -> None:
+    os.unlink(loose_path(repo, oid_raw))

@@ -1,0 +1,270 @@
+"""The filesystem view on repositories built in tmp_path: no FUSE here."""
+
+import os
+import stat
+
+import pygit2
+import pytest
+
+from gitroot import gitobjects as go
+from gitroot import manifest as mf
+from gitroot.errors import ManifestError, RepositoryError, SourceError
+from gitroot.importer import import_directory
+from gitroot.vfs import EntryError, RootView, open_view
+from tests import craft
+from tests.sample_tree import make_sample_tree, snapshot
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the sample tree needs root (chown, mknod)")
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sample")
+    src = make_sample_tree(str(base / "src"), big_file=False)
+    result = import_directory(src, str(base / "repo.git"), "main", "sample")
+    return src, str(base / "repo.git"), result
+
+
+@needs_root
+def test_view_matches_source(sample):
+    src, repo, result = sample
+    view = open_view(repo, "main")
+    expected = snapshot(src)
+    seen = set()
+    for path, node in view.walk():
+        seen.add(path)
+        kind, mode, uid, gid, size, mtime, target, rdev, nlink, xattrs, digest = expected[path][:11]
+        a = node.attrs
+        assert stat.S_IFMT(a["st_mode"]) == kind, path
+        assert stat.S_IMODE(a["st_mode"]) == mode, path
+        assert (a["st_uid"], a["st_gid"], a["st_mtime"]) == (uid, gid, mtime), path
+        assert a["st_nlink"] == nlink, path
+        if size is not None:
+            assert a["st_size"] == size, path
+        if rdev is not None:
+            assert (os.major(a["st_rdev"]), os.minor(a["st_rdev"])) == rdev
+        if target is not None:
+            assert view.readlink(path) == target
+        assert tuple((k.decode(), v) for k, v in view.xattrs(path)) == xattrs, path
+        if stat.S_ISREG(kind):
+            h = view.open(path)
+            import hashlib
+            assert hashlib.sha256(view.read(h, 1 << 30, 0)).hexdigest() == digest
+    assert seen == set(expected)
+    assert b".gitroot" not in view.listdir(b".")
+
+
+@needs_root
+def test_inodes_are_stable_and_hardlinks_share(sample):
+    _, repo, _ = sample
+    a = {p: n.attrs["st_ino"] for p, n in open_view(repo, "main").walk()}
+    b = {p: n.attrs["st_ino"] for p, n in open_view(repo, "main").walk()}
+    assert a == b
+    assert a[b"bin/gzip"] == a[b"bin/gunzip"] == a[b"usr/zcat"]
+    assert len({v for k, v in a.items()}) == len(a) - 3   # two extra gzip links, one hostname link
+    assert a[b"."] == 1
+
+
+@needs_root
+def test_read_ranges(sample):
+    _, repo, _ = sample
+    view = open_view(repo, "main")
+    h = view.open(b"etc/hostname")
+    assert view.read(h, 4, 0) == b"gitr"
+    assert view.read(h, 100, 4) == b"oot-sample\n"
+    assert view.read(h, 10, 1000) == b""
+
+
+@needs_root
+def test_second_import_reuses_unchanged_files(sample, tmp_path):
+    src, repo, first = sample
+    with open(os.path.join(src, "etc/new-file"), "w") as f:
+        f.write("new\n")
+    try:
+        second = import_directory(src, repo, "main", "second")
+    finally:
+        os.unlink(os.path.join(src, "etc/new-file"))
+    assert second.stats.files_hashed <= 2          # the new file (and at most a racy one)
+    assert second.stats.files_from_cache >= second.stats.files - 2
+    r = pygit2.Repository(repo)
+    assert str(r.revparse_single("main").parents[0].id) == first.commit
+
+
+def test_errors_for_missing_repo_and_unknown_rev(tmp_path):
+    with pytest.raises(RepositoryError, match="no such repository"):
+        open_view(str(tmp_path / "nope.git"), "main")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    import_directory(str(src), str(tmp_path / "r.git"), "main", "m")
+    with pytest.raises(RepositoryError, match="unknown revision 'nope'"):
+        open_view(str(tmp_path / "r.git"), "nope")
+    with pytest.raises(RepositoryError, match="invalid revision"):
+        open_view(str(tmp_path / "r.git"), "--upload-pack=x")
+
+
+def test_commit_refuses_what_it_cannot_represent(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / ".gitroot").mkdir()
+    with pytest.raises(SourceError, match="reserved"):
+        import_directory(str(src), str(tmp_path / "r.git"), "main", "m")
+    os.rmdir(src / ".gitroot")
+    secret = src / "secret"
+    secret.write_text("x")
+    os.chmod(secret, 0)
+    if os.geteuid() == 0:
+        # root reads anything; make the file unreadable another way
+        os.chmod(secret, 0o644)
+        os.unlink(secret)
+        os.symlink("x", src / "ok")
+        (src / "sub").mkdir()
+        os.chmod(src / "sub", 0)
+        pytest.skip("running as root: permission errors cannot be provoked")
+    with pytest.raises(SourceError, match="secret: cannot read: Permission denied"):
+        import_directory(str(src), str(tmp_path / "r.git"), "main", "m")
+
+
+def test_commit_names_an_unreadable_directory(tmp_path):
+    # A path that vanishes between listing and reading (a race an import must
+    # report, not crash on) is provoked with a FIFO-free trick: a dangling
+    # source directory.
+    with pytest.raises(SourceError, match="No such file or directory"):
+        import_directory(str(tmp_path / "missing"), str(tmp_path / "r.git"), "main", "m")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SourceError, match="not a directory"):
+        import_directory(str(tmp_path / "file"), str(tmp_path / "r.git"), "main", "m")
+
+
+# -- hostile repositories -----------------------------------------------------
+
+FILE_LINE = b"f\tf\t644\t0\t0\t1700000000.000000000\t5"
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return pygit2.init_repository(str(tmp_path / "evil.git"), bare=True)
+
+
+def view_of(repo, items, manifest_text):
+    root = craft.with_manifest(repo, items, manifest_text)
+    return RootView(repo, craft.commit(repo, root))
+
+
+@pytest.mark.parametrize("name", [b".", b"..", b".git", b".GIT", b"a/b", b"../../etc", b""])
+def test_bad_tree_names_are_never_served(repo, name, caplog):
+    good = craft.blob(repo, b"hello")
+    view = view_of(repo, [(go.MODE_BLOB, name, good), (go.MODE_BLOB, b"f", good)],
+                   craft.manifest(FILE_LINE))
+    assert view.listdir(b".") == [b"f"]
+    assert "not served" in caplog.text
+    if name not in (b".", b""):
+        with pytest.raises((FileNotFoundError, EntryError)):
+            view.lookup(name)
+
+
+def test_duplicate_names_are_io_errors(repo, caplog):
+    a = craft.blob(repo, b"hello")
+    b = craft.blob(repo, b"other")
+    root = craft.tree(repo, [(go.MODE_BLOB, b"f", a), (go.MODE_BLOB, b"f", b)], sort=False)
+    items = go.parse_tree(repo.odb.read(pygit2.Oid(raw=root))[1])
+    view = view_of(repo, [tuple(i) for i in items], craft.manifest(FILE_LINE))
+    with pytest.raises(EntryError, match="twice"):
+        view.getattr(b"f")
+    assert "twice" in caplog.text
+
+
+def test_missing_manifest_is_refused(repo):
+    root = craft.tree(repo, [(go.MODE_BLOB, b"f", craft.blob(repo, b"hello"))])
+    with pytest.raises(ManifestError, match="no gitroot manifest"):
+        RootView(repo, craft.commit(repo, root))
+
+
+def test_malformed_manifest_header_is_refused(repo):
+    with pytest.raises(ManifestError, match="does not start"):
+        view_of(repo, [], b"this is not a manifest\n")
+
+
+def test_bad_manifest_line_makes_only_that_entry_an_error(repo, caplog):
+    good = craft.blob(repo, b"hello")
+    view = view_of(repo, [(go.MODE_BLOB, b"f", good), (go.MODE_BLOB, b"g", good)],
+                   craft.manifest(FILE_LINE, b"g\tf\t99999\t0\t0\t1.000000000\t5"))
+    assert view.getattr(b"f")["st_size"] == 5
+    with pytest.raises(EntryError, match="line 4"):
+        view.getattr(b"g")
+    assert "manifest line 4 rejected" in caplog.text
+
+
+def test_manifest_path_missing_from_tree_is_an_error(repo):
+    view = view_of(repo, [], craft.manifest(FILE_LINE))
+    with pytest.raises(EntryError, match="no such entry"):
+        view.getattr(b"f")
+
+
+def test_manifest_kind_or_size_disagreeing_with_tree(repo):
+    good = craft.blob(repo, b"hello")
+    view = view_of(repo, [(go.MODE_BLOB, b"d", good), (go.MODE_BLOB, b"f", good)],
+                   craft.manifest(b"d\td\t755\t0\t0\t1.000000000\t-",
+                                  b"f\tf\t644\t0\t0\t1.000000000\t4"))
+    with pytest.raises(EntryError, match="kind"):
+        view.getattr(b"d")
+    h = view.open(b"f")
+    with pytest.raises(EntryError, match="manifest says 4 bytes"):
+        view.read(h, 10, 0)
+
+
+def test_impossible_manifest_values(repo):
+    good = craft.blob(repo, b"hello")
+    lines = [b"a\tf\t644\t99999999999\t0\t1.000000000\t5",
+             b"b\tc\t644\t0\t0\t1.000000000\t-\trdev=1:99999999999",
+             b"c\tf\t644\t0\t0\t99999999999999.000000000\t5"]
+    view = view_of(repo, [(go.MODE_BLOB, n, good) for n in (b"a", b"c")],
+                   craft.manifest(*lines))
+    for name in (b"a", b"b", b"c"):
+        with pytest.raises(EntryError):
+            view.getattr(name)
+
+
+def test_missing_blob_is_an_io_error(repo, caplog):
+    blob = craft.blob(repo, b"hello")
+    view = view_of(repo, [(go.MODE_BLOB, b"f", blob)], craft.manifest(FILE_LINE))
+    craft.remove_loose_object(repo, blob)
+    h = view.open(b"f")
+    with pytest.raises(EntryError, match="missing"):
+        view.read(h, 10, 0)
+    assert "missing" in caplog.text
+
+
+def test_corrupt_blob_is_never_served(repo):
+    blob = craft.blob(repo, b"hello")
+    view = view_of(repo, [(go.MODE_BLOB, b"f", blob)], craft.manifest(FILE_LINE))
+    craft.corrupt_loose_object(repo, blob, b"HELLO")    # same size, other bytes
+    h = view.open(b"f")
+    with pytest.raises(EntryError):
+        view.read(h, 10, 0)
+
+
+def test_corrupt_tree_is_an_io_error(repo):
+    inner_blob = craft.blob(repo, b"hello")
+    sub = craft.tree(repo, [(go.MODE_BLOB, b"f", inner_blob)])
+    view = view_of(repo, [(go.MODE_TREE, b"d", sub)],
+                   craft.manifest(b"d\td\t755\t0\t0\t1.000000000\t-",
+                                  b"d/f\tf\t644\t0\t0\t1.000000000\t5"))
+    craft.corrupt_loose_object(repo, sub, b"garbage", type_name=b"tree")
+    with pytest.raises(EntryError):
+        view.listdir(b"d")
+
+
+def test_submodule_is_an_empty_directory(repo):
+    view = view_of(repo, [(go.MODE_GITLINK, b"sub", b"\x11" * 20)],
+                   craft.manifest(b"sub\td\t755\t0\t0\t1.000000000\t-"))
+    assert stat.S_ISDIR(view.getattr(b"sub")["st_mode"])
+    assert view.listdir(b"sub") == []
+
+
+def test_entry_without_manifest_line_gets_git_defaults(repo):
+    blob = craft.blob(repo, b"#!/bin/sh\n")
+    view = view_of(repo, [(go.MODE_EXEC, b"run", blob)], craft.manifest())
+    a = view.getattr(b"run")
+    assert stat.S_IMODE(a["st_mode"]) == 0o755 and a["st_uid"] == 0
+    assert a["st_size"] == 10
