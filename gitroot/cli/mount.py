@@ -15,9 +15,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="let other users in (the default when run as root)")
     parser.add_argument("--no-allow-other", dest="allow_other", action="store_false")
     parser.add_argument("--log-file", help="the daemon's log (default: syslog if present)")
+    parser.add_argument("--pid-file", help="write the daemon's pid here once the mount is ready")
 
 
 def run(args: argparse.Namespace) -> int:
-    mount(args.repo, args.rev, args.mountpoint, foreground=args.foreground,
-          allow_other=args.allow_other, log_file=args.log_file, debug=args.debug)
+    pid = mount(args.repo, args.rev, args.mountpoint, foreground=args.foreground,
+                allow_other=args.allow_other, log_file=args.log_file, debug=args.debug)
+    if args.pid_file and not args.foreground:
+        with open(args.pid_file, "w") as f:
+            f.write(f"{pid}\n")
     return 0

@@ -1,0 +1,250 @@
+"""Real FUSE mounts of real commits, through the gitroot CLI."""
+
+import errno
+import os
+import signal
+import stat
+import subprocess
+import time
+
+import pygit2
+import pytest
+
+from gitroot import gitobjects as go
+from tests import craft
+from tests.conftest import fuse_available, gitroot_cmd
+from tests.rootfs import debian_minbase
+from tests.sample_tree import compare, make_sample_tree, snapshot
+
+pytestmark = [
+    pytest.mark.mount,
+    pytest.mark.skipif(not fuse_available(), reason="needs root, /dev/fuse and fusermount"),
+]
+
+
+def is_mounted(path):
+    path = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+class Mount:
+    def __init__(self, repo, rev, mountpoint, log_file=None):
+        self.mountpoint = str(mountpoint)
+        os.makedirs(self.mountpoint, exist_ok=True)
+        self.pid_file = self.mountpoint + ".pid"
+        args = ["mount", "--repo", repo, rev, self.mountpoint, "--pid-file", self.pid_file]
+        if log_file:
+            args += ["--log-file", log_file]
+        gitroot_cmd(*args)
+        with open(self.pid_file) as f:
+            self.pid = int(f.read())
+
+    def unmount(self):
+        if is_mounted(self.mountpoint):
+            subprocess.run(["fusermount", "-u", self.mountpoint], check=True)
+        wait_gone(self.pid)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.unmount()
+
+
+def alive(pid):
+    """True while *pid* runs (a zombie waiting for init to reap it has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pid, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"daemon {pid} still running")
+
+
+@pytest.fixture(scope="module")
+def sample_commit(tmp_path_factory):
+    base = tmp_path_factory.mktemp("roundtrip")
+    src = make_sample_tree(str(base / "src"))
+    repo = str(base / "repo.git")
+    commit = gitroot_cmd("commit", src, "--repo", repo, "--branch", "main", "-m", "s").stdout.strip()
+    return src, repo, commit
+
+
+def test_round_trip_of_sample_tree(sample_commit, tmp_path):
+    src, repo, commit = sample_commit
+    expected = snapshot(src)
+    assert any(r[4] and r[4] > 50 * 2**20 for r in expected.values()), "needs a 50 MB file"
+    with Mount(repo, commit, tmp_path / "mnt") as m:
+        actual = snapshot(m.mountpoint)
+    assert compare(expected, actual) == []
+
+
+def test_comparer_sees_a_changed_source(sample_commit, tmp_path):
+    """The round-trip check can fail: a source changed after the commit differs."""
+    src, repo, commit = sample_commit
+    with Mount(repo, commit, tmp_path / "mnt") as m:
+        actual = snapshot(m.mountpoint)
+    expected = snapshot(src)
+    path = b"etc/hostname"
+    changed = dict(expected)
+    changed[path] = expected[path][:5] + (expected[path][5] + 1,) + expected[path][6:]
+    assert compare(changed, actual) == [f"{path!r}: mtime_ns {changed[path][5]} != "
+                                        f"{expected[path][5]}"]
+
+
+def test_mount_by_branch_tag_and_id(sample_commit, tmp_path):
+    src, repo, commit = sample_commit
+    r = pygit2.Repository(repo)
+    r.create_reference_direct("refs/tags/v1", pygit2.Oid(hex=commit), True)
+    for rev in ("main", "v1", commit, commit[:10]):
+        with Mount(repo, rev, tmp_path / "mnt") as m:
+            with open(os.path.join(m.mountpoint, "etc/hostname")) as f:
+                assert f.read() == "gitroot-sample\n"
+
+
+def test_read_only(sample_commit, tmp_path):
+    _, repo, commit = sample_commit
+    with Mount(repo, commit, tmp_path / "mnt") as m:
+        mp = m.mountpoint
+        for action in (lambda: open(os.path.join(mp, "etc/hostname"), "w"),
+                       lambda: open(os.path.join(mp, "new"), "w"),
+                       lambda: os.mkdir(os.path.join(mp, "d")),
+                       lambda: os.unlink(os.path.join(mp, "etc/hostname")),
+                       lambda: os.chmod(os.path.join(mp, "etc/hostname"), 0o600),
+                       lambda: os.setxattr(os.path.join(mp, "etc/hostname"), "user.x", b"1")):
+            with pytest.raises(OSError) as info:
+                action()
+            assert info.value.errno == errno.EROFS
+
+
+def test_unmount_on_sigterm(sample_commit, tmp_path):
+    _, repo, commit = sample_commit
+    m = Mount(repo, commit, tmp_path / "mnt")
+    assert is_mounted(m.mountpoint)
+    os.kill(m.pid, signal.SIGTERM)
+    wait_gone(m.pid)
+    assert not is_mounted(m.mountpoint)
+
+
+def test_unmount_with_fusermount(sample_commit, tmp_path):
+    _, repo, commit = sample_commit
+    m = Mount(repo, commit, tmp_path / "mnt")
+    subprocess.run(["fusermount", "-u", m.mountpoint], check=True)
+    wait_gone(m.pid)
+    assert not is_mounted(m.mountpoint)
+
+
+def test_foreground_mount(sample_commit, tmp_path):
+    _, repo, commit = sample_commit
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "gitroot", "mount", "--repo", repo,
+                             commit, str(mp), "--foreground"], env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while not is_mounted(str(mp)):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        assert os.path.exists(mp / "etc" / "hostname")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    assert not is_mounted(str(mp))
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["--repo", "{tmp}/missing.git", "main", "{mnt}"], 3, "no such repository"),
+    (["--repo", "{repo}", "no-such-branch", "{mnt}"], 3, "unknown revision 'no-such-branch'"),
+    (["--repo", "{repo}", "main", "{tmp}/not-a-dir"], 6, "not a directory"),
+])
+def test_mount_errors_are_one_clear_line(sample_commit, tmp_path, args, code, message):
+    _, repo, _ = sample_commit
+    (tmp_path / "mnt").mkdir()
+    args = [a.format(tmp=tmp_path, repo=repo, mnt=tmp_path / "mnt") for a in args]
+    proc = gitroot_cmd("mount", *args, check=False)
+    assert proc.returncode == code
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not is_mounted(str(tmp_path / "mnt"))
+
+
+def test_mount_on_busy_mountpoint_reports_libfuse_error(sample_commit, tmp_path):
+    _, repo, commit = sample_commit
+    with Mount(repo, commit, tmp_path / "mnt") as m:
+        proc = gitroot_cmd("mount", "--repo", repo, commit,
+                           os.path.join(m.mountpoint, "etc"), check=False)
+        assert proc.returncode != 0
+        assert "error" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_corrupt_blob_is_eio_through_the_mount_with_a_log_line(tmp_path):
+    repo = pygit2.init_repository(str(tmp_path / "evil.git"), bare=True)
+    good = craft.blob(repo, b"hello")
+    bad = craft.blob(repo, b"world")
+    root = craft.with_manifest(repo, [(go.MODE_BLOB, b"f", good), (go.MODE_BLOB, b"g", bad)],
+                               craft.manifest(b"f\tf\t644\t0\t0\t1.000000000\t5",
+                                              b"g\tf\t644\t0\t0\t1.000000000\t5"))
+    commit = craft.commit(repo, root)
+    craft.corrupt_loose_object(repo, bad, b"WORLD")
+    log = str(tmp_path / "daemon.log")
+    with Mount(repo.path, commit, tmp_path / "mnt", log_file=log) as m:
+        with open(os.path.join(m.mountpoint, "f"), "rb") as f:
+            assert f.read() == b"hello"
+        with pytest.raises(OSError) as info:
+            with open(os.path.join(m.mountpoint, "g"), "rb") as f:
+                f.read()
+        assert info.value.errno == errno.EIO
+    with open(log) as f:
+        text = f.read()
+    assert "/g:" in text and bad.hex() in text
+
+
+def test_hostile_names_never_escape_through_the_mount(tmp_path):
+    repo = pygit2.init_repository(str(tmp_path / "evil.git"), bare=True)
+    secret = craft.blob(repo, b"secret")
+    items = [(go.MODE_BLOB, n, secret) for n in (b"..", b"a/b", b".git")]
+    items.append((go.MODE_BLOB, b"ok", secret))
+    root = craft.with_manifest(repo, items, craft.manifest(b"ok\tf\t644\t0\t0\t1.000000000\t6"))
+    commit = craft.commit(repo, root)
+    with Mount(repo.path, commit, tmp_path / "mnt") as m:
+        assert sorted(os.listdir(m.mountpoint)) == ["ok"]
+        assert not os.path.exists(os.path.join(m.mountpoint, ".git"))
+
+
+@pytest.mark.slow
+def test_round_trip_of_debian_minbase(tmp_path):
+    """A real `debootstrap --variant=minbase bookworm` root, committed and mounted."""
+    src = debian_minbase()
+    repo = str(tmp_path / "debian.git")
+    started = time.monotonic()
+    commit = gitroot_cmd("commit", src, "--repo", repo, "--branch", "main").stdout.strip()
+    first = time.monotonic() - started
+    expected = snapshot(src)
+    with Mount(repo, commit, tmp_path / "mnt") as m:
+        actual = snapshot(m.mountpoint)
+        st = os.stat(os.path.join(m.mountpoint, "usr/bin/su"))
+        assert st.st_mode & stat.S_ISUID
+    assert len(expected) > 5000
+    assert compare(expected, actual) == []
+    # A second commit of the unchanged tree reads no file again.
+    started = time.monotonic()
+    proc = gitroot_cmd("commit", src, "--repo", repo, "--branch", "main")
+    second = time.monotonic() - started
+    assert "(0 read" in proc.stderr, proc.stderr
+    print(f"first commit {first:.1f} s, second {second:.1f} s")
