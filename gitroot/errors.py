@@ -54,3 +54,64 @@ class CmdlineError(UsageError):
 
 class ConfigError(UsageError):
     """The configuration file is unreadable, malformed, or holds a bad value."""
+
+
+# -- signatures (gitroot.signing) -------------------------------------------
+# Each failure class of a signature check has its own exit code, so a script
+# (or the fetcher's log) can tell "nobody signed this" from "someone tampered
+# with it" from "a stranger signed it".
+
+
+class SignatureError(GitrootError):
+    """A signature check failed.  *revision* and *fingerprint* name what and whom."""
+
+    exit_code = 20
+
+    def __init__(self, message: str, revision: str = "", fingerprint: str = ""):
+        super().__init__(message)
+        self.revision = revision
+        self.fingerprint = fingerprint
+
+
+class NoSignatureError(SignatureError):
+    """The revision carries no signature at all."""
+
+    exit_code = 21
+
+
+class BadSignatureError(SignatureError):
+    """The signature does not match the signed bytes (content or signature altered)."""
+
+    exit_code = 22
+
+
+class UntrustedSignatureError(SignatureError):
+    """A good signature, but from a key that is not trusted for this purpose."""
+
+    exit_code = 23
+
+
+class KeyValidityError(SignatureError):
+    """A good signature from a trusted key outside its validity (expired, revoked,
+    or not yet valid)."""
+
+    exit_code = 24
+
+
+class MalformedSignatureError(SignatureError):
+    """The signature block cannot be parsed (truncated, garbled, not a signature)."""
+
+    exit_code = 25
+
+
+class UnsupportedSignatureError(SignatureError):
+    """A well-formed signature of a kind gitroot does not check (key type,
+    hash algorithm, certificate, x509)."""
+
+    exit_code = 26
+
+
+class SigningError(GitrootError):
+    """Making a signature failed (missing key, ssh-keygen or gpg refused)."""
+
+    exit_code = 27

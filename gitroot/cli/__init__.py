@@ -19,6 +19,8 @@ from typing import List, Optional
 VERBS = {
     "commit": ("gitroot.cli.commit", "import a root filesystem tree as a commit"),
     "mount": ("gitroot.cli.mount", "serve a commit read-only through FUSE"),
+    "tag": ("gitroot.cli.tag", "make a signed annotated tag of a commit"),
+    "verify": ("gitroot.cli.verify", "check the signature on a tag or commit"),
 }
 
 
