@@ -103,26 +103,57 @@ def test_errors_for_missing_repo_and_unknown_rev(tmp_path):
         open_view(str(tmp_path / "r.git"), "--upload-pack=x")
 
 
-def test_commit_refuses_what_it_cannot_represent(tmp_path):
+def test_commit_refuses_the_reserved_name(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / ".gitroot").mkdir()
     with pytest.raises(SourceError, match="reserved"):
         import_directory(str(src), str(tmp_path / "r.git"), "main", "m")
-    os.rmdir(src / ".gitroot")
-    secret = src / "secret"
-    secret.write_text("x")
-    os.chmod(secret, 0)
-    if os.geteuid() == 0:
-        # root reads anything; make the file unreadable another way
-        os.chmod(secret, 0o644)
-        os.unlink(secret)
-        os.symlink("x", src / "ok")
-        (src / "sub").mkdir()
-        os.chmod(src / "sub", 0)
-        pytest.skip("running as root: permission errors cannot be provoked")
-    with pytest.raises(SourceError, match="secret: cannot read: Permission denied"):
-        import_directory(str(src), str(tmp_path / "r.git"), "main", "m")
+
+
+@pytest.mark.parametrize("what,message", [
+    ("file", "secret: cannot read: Permission denied"),
+    ("dir", "private: cannot list directory: Permission denied"),
+])
+def test_commit_names_the_path_it_cannot_read(what, message):
+    """Run as an unprivileged user (root reads everything), as a publisher
+    who is not root would."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create files the unprivileged user cannot read")
+    base = tempfile.mkdtemp(prefix="gitroot-unpriv-", dir="/tmp")
+    try:
+        os.chmod(base, 0o777)
+        src = os.path.join(base, "src")
+        os.mkdir(src)
+        os.chmod(src, 0o755)
+        with open(os.path.join(src, "fine"), "w") as f:
+            f.write("ok")
+        if what == "file":
+            with open(os.path.join(src, "secret"), "w") as f:
+                f.write("x")
+            os.chmod(os.path.join(src, "secret"), 0o600)
+        else:
+            os.mkdir(os.path.join(src, "private"), 0o700)
+
+        def drop():
+            os.setgid(65534)
+            os.setuid(65534)
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        proc = subprocess.run(
+            [sys.executable, "-m", "gitroot", "commit", src, "--repo",
+             os.path.join(base, "r.git"), "--branch", "main"],
+            preexec_fn=drop, capture_output=True, text=True,
+            env=dict(os.environ, PYTHONPATH=root, HOME=base), cwd=base)
+        assert proc.returncode == SourceError.exit_code, proc.stderr
+        assert proc.stderr.strip().splitlines() == [f"gitroot: error: /{message}"]
+        assert proc.stdout == ""
+    finally:
+        shutil.rmtree(base)
 
 
 def test_commit_names_an_unreadable_directory(tmp_path):
