@@ -115,3 +115,15 @@ class SigningError(GitrootError):
     """Making a signature failed (missing key, ssh-keygen or gpg refused)."""
 
     exit_code = 27
+
+
+class FetchError(GitrootError):
+    """A fetch failed (network, server, disk); nothing was pinned."""
+
+    exit_code = 9
+
+
+class RefusedReleaseError(GitrootError):
+    """A fetched release was refused (signature, downgrade, age); nothing was pinned."""
+
+    exit_code = 10
