@@ -19,6 +19,15 @@ from typing import List, Optional
 VERBS = {
     "commit": ("gitroot.cli.commit", "import a root filesystem tree as a commit"),
     "mount": ("gitroot.cli.mount", "serve a commit read-only through FUSE"),
+    "fetch": ("gitroot.cli.fetch", "fetch, check and pin the next release"),
+    "status": ("gitroot.cli.status", "where this device stands"),
+    "log": ("gitroot.cli.log", "history of pins"),
+    "diff": ("gitroot.cli.diff", "what an update changes"),
+    "pin": ("gitroot.cli.pin", "choose the next boot's release by hand"),
+    "rollback": ("gitroot.cli.rollback", "back to the previous good release"),
+    "mark-good": ("gitroot.cli.mark_good", "the booted trial becomes the last good release"),
+    "gc": ("gitroot.cli.gc", "prune old releases"),
+    "boot-select": ("gitroot.cli.boot_select", "choose what this boot mounts (initramfs)"),
     "tag": ("gitroot.cli.tag", "make a signed annotated tag of a commit"),
     "verify": ("gitroot.cli.verify", "check the signature on a tag or commit"),
 }

@@ -1,0 +1,27 @@
+"""gitroot mark-good: the booted trial becomes the last good release."""
+
+import argparse
+
+from gitroot.device import add_device_arguments, device_from_args
+from gitroot.state import booted_commit, mark_good
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_device_arguments(parser)
+    parser.add_argument("--booted", metavar="COMMIT",
+                        help="the booted release (default: as the boot path recorded it)")
+
+
+def run(args: argparse.Namespace) -> int:
+    device = device_from_args(args)
+    store = device.store()
+    with store.locked():
+        state = store.load()
+        booted = args.booted or booted_commit()
+        new = mark_good(state, booted)
+        if new == state:
+            print(f"{booted[:12]} is already the last good release")
+            return 0
+        store.save(new, "good", "mark-good", booted, "booted trial marked good")
+    print(f"{booted[:12]} is now the last good release")
+    return 0

@@ -1,0 +1,314 @@
+"""The fetcher: bring in a new release, check it, pin it as the next trial.
+
+One run (``gitroot fetch``, at boot and from a timer):
+
+1. Take the fetch lock (``STATE_DIR/fetch.lock``); a second fetch fails at once.
+2. Decide the branch: ``fetch-revision=`` on the kernel command line, else
+   the remote configuration document, else the config file.  ``noupgrade``
+   from any of them means no fetch at all.
+3. Transfer with the ``git`` program (smart HTTP, ``file://``, a path, or a
+   bundle file) or from a static directory of bundles, into the quarantine
+   ref ``refs/gitroot/incoming/BRANCH`` only.  A transfer killed at any
+   point leaves at most unreferenced temporary packs; no pin moves.
+4. Check the release: signature under the configured policy; a descendant of
+   the current release (no downgrade unless asked); not older than the
+   configured maximum age (a frozen server).
+5. Install its kernel and initrd into the boot directory (write, fsync,
+   rename), then pin it as the trial with N tries and record the result.
+
+Refusals and failures are recorded in the state's ``last_fetch`` so that
+``gitroot status`` says why nothing was pinned; the pins themselves are
+untouched.
+
+Threading: one fetch per device at a time (the lock); the fetcher holds a
+repository handle and a :class:`gitroot.state.StateStore`.
+"""
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from typing import List, Optional
+
+import pygit2
+
+from gitroot.errors import (FetchError, GitrootError, RefusedReleaseError, SignatureError)
+from gitroot.state import FetchRecord, StateStore, atomic_write, booted_commit, schedule_trial
+
+log = logging.getLogger(__name__)
+
+INCOMING = "refs/gitroot/incoming/"
+
+
+@dataclass
+class FetchSettings:
+    """What one fetch needs, already merged from config, cmdline and remote doc."""
+
+    repository: str
+    state_dir: str
+    boot_dir: Optional[str]
+    branch: str
+    sources: List[str]
+    policy: str
+    allowed_signers: Optional[str]
+    keyring: Optional[str]
+    tries: int
+    max_signature_age: Optional[int]
+    noupgrade: bool = False
+    allow_downgrade: bool = False
+    progress: bool = False
+
+
+@dataclass
+class FetchOutcome:
+    result: str                 # pinned | up-to-date | held | skipped
+    message: str
+    commit: Optional[str] = None
+
+
+class Fetcher:
+    def __init__(self, settings: FetchSettings, repo: pygit2.Repository):
+        self.settings = settings
+        self.repo = repo
+        self.store = StateStore(settings.state_dir, repo)
+
+    # -- the run ---------------------------------------------------------
+
+    def run(self) -> FetchOutcome:
+        s = self.settings
+        if s.noupgrade:
+            log.info("noupgrade is set: not fetching")
+            return FetchOutcome("skipped", "noupgrade is set: not fetching")
+        if not s.sources:
+            raise FetchError("no remote to fetch from: set 'remotes' in the config "
+                             "or pass --from")
+        with self.store.locked(blocking=False):
+            try:
+                commit = self._transfer()
+                outcome = self._consider(commit)
+            except GitrootError as err:
+                result = "refused" if isinstance(err, (RefusedReleaseError, SignatureError)) \
+                    else "failed"
+                self._record(FetchRecord(time.time(), result, str(err), branch=s.branch))
+                raise
+        return outcome
+
+    def _record(self, record: FetchRecord, state=None, action: str = "",
+                commit: Optional[str] = None) -> None:
+        state = state if state is not None else self.store.load()
+        self.store.save(replace(state, last_fetch=record), action, "fetch", commit,
+                        record.message)
+
+    def _transfer(self) -> str:
+        s = self.settings
+        errors = []
+        for source in s.sources:
+            log.info("fetching %s from %s", s.branch, source)
+            try:
+                if _is_static(source):
+                    from gitroot.bundle import fetch_static
+                    state = self.store.load()
+                    have = [c for c in (state.last_good, state.trial and state.trial.commit)
+                            if c]
+                    commit = fetch_static(source, self.repo, s.branch, have,
+                                          os.path.join(s.state_dir, "downloads"))
+                else:
+                    commit = self._git_fetch(source)
+                log.info("fetched %s: %s", s.branch, commit)
+                return commit
+            except FetchError as err:
+                log.warning("%s", err)
+                errors.append(str(err))
+        raise FetchError("; ".join(errors) if len(errors) > 1 else errors[0])
+
+    def _git_fetch(self, source: str) -> str:
+        s = self.settings
+        if source.startswith("-"):
+            raise FetchError(f"refusing remote {source!r}")
+        ref = INCOMING + s.branch
+        cmd = ["git", "-C", self.repo.path,
+               "-c", "protocol.file.allow=always",
+               "-c", "http.lowSpeedLimit=1024", "-c", "http.lowSpeedTime=60",
+               "-c", "fetch.fsckObjects=true", "-c", "transfer.fsckObjects=true",
+               "fetch", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
+               "--progress" if s.progress else "--quiet",
+               "--", source, f"+refs/heads/{s.branch}:{ref}"]
+        env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/true",
+                   LC_ALL="C")
+        proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL,
+                              stderr=None if s.progress else subprocess.PIPE)
+        if proc.returncode != 0:
+            detail = (proc.stderr or b"").decode(errors="replace").strip().splitlines()
+            detail = [d for d in detail if d.strip()]
+            raise FetchError(f"fetching {s.branch} from {source} failed: "
+                             f"{detail[-1] if detail else f'git exited {proc.returncode}'}")
+        try:
+            return str(self.repo.references[ref].resolve().target)
+        except KeyError:
+            raise FetchError(f"{source} has no branch {s.branch}") from None
+
+    # -- deciding --------------------------------------------------------
+
+    def _consider(self, commit: str) -> FetchOutcome:
+        s = self.settings
+        state = self.store.load()
+        current = [c for c in (state.trial.commit if state.trial else None,
+                               state.last_good) if c]
+        if commit in current:
+            msg = f"{s.branch} is up to date at {commit[:12]}"
+            log.info("%s", msg)
+            self._record(FetchRecord(time.time(), "up-to-date", msg, commit, s.branch), state)
+            return FetchOutcome("up-to-date", msg, commit)
+
+        verdict = self._verify(commit)
+        base = current[0] if current else None
+        if base is not None and not s.allow_downgrade and \
+                not self._descends(commit, base):
+            raise RefusedReleaseError(
+                f"refusing {commit[:12]} from {s.branch}: it is not a descendant of the "
+                f"current release {base[:12]} (a downgrade or a rewritten branch; "
+                "use --allow-downgrade to accept it)")
+        if s.max_signature_age is not None:
+            when = verdict.signed_at or self.repo[pygit2.Oid(hex=commit)].commit_time
+            age = time.time() - when
+            if age > s.max_signature_age:
+                raise RefusedReleaseError(
+                    f"refusing {commit[:12]}: signed {age / 86400:.1f} days ago, more than "
+                    f"the allowed {s.max_signature_age / 86400:.1f} days (a frozen server?)")
+        verdict_text = _describe(verdict)
+        if state.hold:
+            msg = (f"fetched {commit[:12]} ({verdict_text}) but upgrades are held by a "
+                   "manual pin; run 'gitroot pin --release' to resume")
+            log.info("%s", msg)
+            self._record(FetchRecord(time.time(), "held", msg, commit, s.branch, verdict_text),
+                         state)
+            return FetchOutcome("held", msg, commit)
+
+        if s.boot_dir:
+            install_boot_files(self.repo, commit, s.boot_dir,
+                               keep=[c for c in (booted_commit(), state.last_good,
+                                                 state.previous_good) if c])
+        new_state = schedule_trial(state, commit, s.tries, hold=False)
+        msg = f"pinned {commit[:12]} from {s.branch} as the next boot's trial " \
+              f"({s.tries} tries; {verdict_text})"
+        self._record(FetchRecord(time.time(), "pinned", msg, commit, s.branch, verdict_text),
+                     new_state, action="trial", commit=commit)
+        log.info("%s", msg)
+        return FetchOutcome("pinned", msg, commit)
+
+    def _descends(self, commit: str, base: str) -> bool:
+        """Is *commit* *base* or a descendant of it?  Asked of git itself,
+        which honours the shallow boundary ``gitroot gc`` leaves."""
+        proc = subprocess.run(["git", "-C", self.repo.path, "merge-base", "--is-ancestor",
+                               base, commit], capture_output=True)
+        return proc.returncode == 0
+
+    def _verify(self, commit: str):
+        from gitroot.signing.verify import TrustConfig, verify_revision
+        s = self.settings
+        trust = TrustConfig(allowed_signers=s.allowed_signers, keyring=s.keyring)
+        verdict = verify_revision(self.repo, commit, trust, s.policy)
+        for warning in verdict.warnings:
+            log.warning("%s", warning)
+        log.info("signature: %s", _describe(verdict))
+        return verdict
+
+
+def _describe(verdict) -> str:
+    if verdict.verified:
+        return f"good {verdict.format} signature by {verdict.principal} ({verdict.fingerprint})"
+    return f"not verified (policy {verdict.policy})"
+
+
+def _is_static(source: str) -> bool:
+    return source.startswith(("http://", "https://")) and \
+        (source.endswith("/") or source.endswith("/index.json"))
+
+
+# -- kernel and initrd -------------------------------------------------------
+
+KERNEL_NAMES = (b"vmlinuz", b"initrd.img")
+
+
+def _release_boot_files(repo: pygit2.Repository, commit: str) -> dict:
+    """{name: bytes} of the release's kernel and initrd (newest in /boot)."""
+    from gitroot.vfs import EntryError, RootView
+    view = RootView(repo, commit)
+    found = {}
+    try:
+        names = view.listdir(b"boot")
+    except (FileNotFoundError, NotADirectoryError, EntryError):
+        return found
+    for kind in KERNEL_NAMES:
+        candidates = sorted((n for n in names if n.startswith(kind + b"-")),
+                            key=_version_key)
+        for name in reversed(candidates):
+            try:
+                handle = view.open(b"boot/" + name)
+                found[kind.decode()] = view.read(handle, 1 << 40, 0)
+                break
+            except (OSError, EntryError) as err:
+                log.warning("boot/%s unreadable: %s", name.decode(errors="replace"), err)
+    return found
+
+
+def _version_key(name: bytes):
+    import re
+    return [int(p) if p.isdigit() else p for p in re.split(rb"(\d+)", name)]
+
+
+def install_boot_files(repo: pygit2.Repository, commit: str, boot_dir: str,
+                       keep: List[str]) -> None:
+    """Install *commit*'s kernel and initrd as BOOT/gitroot/<commit>/ and point
+    BOOT/gitroot/trial at it; remove releases other than *keep* and it."""
+    files = _release_boot_files(repo, commit)
+    base = os.path.join(boot_dir, "gitroot")
+    if not files:
+        log.info("release %s has no kernel in /boot; boot files left as they are", commit[:12])
+        return
+    target = os.path.join(base, commit)
+    for name, data in files.items():
+        path = os.path.join(target, name)
+        if not _same_content(path, data):
+            atomic_write(path, data)
+    _atomic_symlink(commit, os.path.join(base, "trial"))
+    for entry in os.listdir(base):
+        if len(entry) == 40 and entry not in keep and entry != commit:
+            import shutil
+            shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
+    log.info("installed %s into %s", ", ".join(sorted(files)), target)
+
+
+def _same_content(path: str, data: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read() == data
+    except OSError:
+        return False
+
+
+def _atomic_symlink(target: str, link: str) -> None:
+    tmp = f"{link}.tmp.{os.getpid()}"
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    dfd = os.open(os.path.dirname(link), os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def reboot() -> None:
+    subprocess.run(["systemctl", "reboot"] if os.path.exists("/run/systemd/system")
+                   else ["reboot"], check=False)
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
