@@ -15,12 +15,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bare repository (created if missing)")
     parser.add_argument("--branch", required=True, help="branch to commit on")
     parser.add_argument("-m", "--message", default=None, help="commit message")
+    parser.add_argument("--sign-key", metavar="KEY",
+                        help="sign the commit: an SSH private key file, or an OpenPGP "
+                        "key id or fingerprint")
+    parser.add_argument("--sign-format", choices=("ssh", "openpgp"),
+                        help="signature format (default: guessed from KEY)")
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     message = args.message or f"gitroot commit of {args.source}"
-    result = import_directory(args.source, args.repo, args.branch, message)
+    signer = None
+    if args.sign_key:
+        from gitroot.signing.sign import make_signer
+        signer = make_signer(args.sign_key, args.sign_format)
+    result = import_directory(args.source, args.repo, args.branch, message, signer=signer)
     s = result.stats
     log.info("%d entries, %d files (%d read, %d MB; %d unchanged from the last import) "
              "in %.1f s", s.entries, s.files, s.files_hashed, s.bytes_hashed // 1_000_000,
