@@ -57,3 +57,6 @@ def have(tool):
 
 def fuse_available():
     return os.path.exists("/dev/fuse") and have("fusermount") and os.geteuid() == 0
+
+# Real lighttpd servers (git smart HTTP, static files) for fetcher tests.
+from servers import git_http_server, static_http_server  # noqa: E402,F401

@@ -55,6 +55,8 @@ class DocumentServer:
                     if reply.redirect:
                         self.send_header("Location", reply.redirect)
                     length = len(reply.body) if reply.length is None else reply.length
+                    if reply.length is not None:
+                        self.close_connection = True  # a lie about the length ends here
                     self.send_header("Content-Length", str(length))
                     self.send_header("Content-Type", "application/yaml")
                     self.end_headers()
@@ -125,6 +127,7 @@ CASES = {
                             RemoteSettings(), None),
     "oversize-lying": (Reply(b"#" * 300, length=300), {"max_bytes": 100},
                        None, ["300 bytes, more than the cap of 100"]),
+    "truncated": (Reply(b"fetch-revision: stable\n", length=100), {}, None, ["broke off"]),
     "slow": (Reply(GOOD_DOC, delay=2.0), {"timeout": 0.5}, None, ["did not answer in time"]),
     "dribble": (Reply(b"#" * 1000 + GOOD_DOC, drip=0.05), {"timeout": 1.0},
                 None, ["took longer than 1 s"]),
