@@ -80,6 +80,56 @@ def _unescape(text: bytes) -> str:
                   text).decode("utf-8", "replace")
 
 
+def _dearmor_signature(signature: bytes) -> bytes:
+    lines = signature.replace(b"\r", b"").strip().split(b"\n")
+    if len(lines) < 3 or lines[0] != ARMOR_BEGIN or lines[-1] != ARMOR_END:
+        raise ValueError("not armored")
+    body = lines[1:-1]
+    if b"" in body:
+        body = body[body.index(b"") + 1:]
+    return base64.b64decode(b"".join(line for line in body if not line.startswith(b"=")),
+                            validate=True)
+
+
+def issuer_fingerprint(signature: bytes) -> Optional[str]:
+    """The issuer fingerprint subpacket of an armored v4 signature, or None.
+
+    Only for naming the key in an error message when gpgv gives just a key
+    id (``BADSIG``); the caller checks it ends with that key id, since it is
+    the signature's own claim and decides nothing.
+    """
+    try:
+        data = _dearmor_signature(signature)
+        tag = data[0]
+        if tag & 0xC0 == 0xC0:              # new-format packet header
+            first = data[1]
+            pos = 2 if first < 192 else 3 if first < 224 else 6
+        else:                               # old format: length type in low bits
+            pos = 1 + {0: 1, 1: 2, 2: 4}[tag & 3]
+        if data[pos] != 4:
+            return None
+        pos += 4                            # version, type, key algorithm, hash
+        for _area in range(2):              # hashed, then unhashed subpackets
+            length = int.from_bytes(data[pos:pos + 2], "big")
+            area, pos = data[pos + 2:pos + 2 + length], pos + 2 + length
+            i = 0
+            while i < len(area):
+                first = area[i]
+                if first < 192:
+                    size, i = first, i + 1
+                elif first < 255:
+                    size, i = ((first - 192) << 8) + area[i + 1] + 192, i + 2
+                else:
+                    size, i = int.from_bytes(area[i + 1:i + 5], "big"), i + 5
+                kind = area[i] & 0x7F
+                if kind == 33 and size == 22 and area[i + 1] == 4:
+                    return area[i + 2:i + 22].hex().upper()
+                i += size
+    except (ValueError, IndexError, KeyError, binascii.Error):
+        return None
+    return None
+
+
 def parse_status(output: bytes) -> List[List[bytes]]:
     """The ``[GNUPG:]`` lines of a status stream, split into words."""
     lines = []
@@ -122,11 +172,12 @@ def verify(signature: bytes, payload: bytes, keyring: str, revision: str = "",
                 env=env, timeout=GPGV_TIMEOUT)
         except (OSError, subprocess.TimeoutExpired) as err:
             raise SignatureError(f"{revision}: cannot run gpgv: {err}", revision) from None
-    return interpret_status(parse_status(proc.stdout), proc.returncode, revision)
+    return interpret_status(parse_status(proc.stdout), proc.returncode, revision,
+                            issuer_fingerprint(signature))
 
 
-def interpret_status(status: List[List[bytes]], returncode: int,
-                     revision: str = "") -> OpenPgpSigner:
+def interpret_status(status: List[List[bytes]], returncode: int, revision: str = "",
+                     claimed_fingerprint: Optional[str] = None) -> OpenPgpSigner:
     """Turn gpgv's status lines into a signer or the matching SignatureError."""
     results = [words for words in status if words and words[0].decode() in _RESULTS]
     keywords: Dict[str, List[bytes]] = {}
@@ -151,8 +202,11 @@ def interpret_status(status: List[List[bytes]], returncode: int,
     result = results[0][0].decode()
     keyid = results[0][1].decode("ascii", "replace") if len(results[0]) > 1 else "?"
     if result == "BADSIG":
-        raise BadSignatureError(f"{revision}: BAD OpenPGP signature by key {keyid} "
-                                "(content or signature altered)", revision, keyid)
+        who = keyid
+        if claimed_fingerprint and claimed_fingerprint.endswith(keyid.upper()):
+            who = claimed_fingerprint
+        raise BadSignatureError(f"{revision}: BAD OpenPGP signature by key {who} "
+                                "(content or signature altered)", revision, who)
     if result == "ERRSIG":
         fields = results[0]
         rc = fields[6].decode("ascii", "replace") if len(fields) > 6 else ""
