@@ -267,17 +267,19 @@ def _request_problem(err: Exception) -> str:
 
 
 def _innermost(err: BaseException) -> str:
-    # requests wraps urllib3 wraps socket errors; the innermost says it best.
-    while True:
-        inner = err.__cause__ or err.__context__
-        if inner is None and err.args and isinstance(err.args[0], BaseException):
-            inner = err.args[0]
-        reason = getattr(err, "reason", None)
-        if inner is None and isinstance(reason, BaseException):
-            inner = reason
-        if inner is None or inner is err:
-            return str(err).splitlines()[0] if str(err) else type(err).__name__
-        err = inner
+    """The first line of the innermost cause: requests wraps urllib3 wraps OSError."""
+    seen = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        wrapped = err.args[0] if err.args else None
+        for inner in (err.__cause__, getattr(err, "reason", None), wrapped, err.__context__):
+            if isinstance(inner, BaseException):
+                err = inner
+                break
+        else:
+            break
+    text = str(err)
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 # -- merging the three sources ---------------------------------------------
