@@ -63,7 +63,7 @@ class FetchSettings:
 
 @dataclass
 class FetchOutcome:
-    result: str                 # pinned | up-to-date | held | skipped
+    result: str                 # pinned | up-to-date | held | abandoned | skipped
     message: str
     commit: Optional[str] = None
 
@@ -141,10 +141,8 @@ class Fetcher:
                               stdout=subprocess.DEVNULL,
                               stderr=None if s.progress else subprocess.PIPE)
         if proc.returncode != 0:
-            detail = (proc.stderr or b"").decode(errors="replace").strip().splitlines()
-            detail = [d for d in detail if d.strip()]
             raise FetchError(f"fetching {s.branch} from {source} failed: "
-                             f"{detail[-1] if detail else f'git exited {proc.returncode}'}")
+                             f"{_git_failure(proc.stderr, proc.returncode)}")
         try:
             return str(self.repo.references[ref].resolve().target)
         except KeyError:
@@ -162,6 +160,14 @@ class Fetcher:
             log.info("%s", msg)
             self._record(FetchRecord(time.time(), "up-to-date", msg, commit, s.branch), state)
             return FetchOutcome("up-to-date", msg, commit)
+
+        if state.abandoned is not None and state.abandoned.commit == commit:
+            msg = (f"{commit[:12]} on {s.branch} was abandoned after {state.abandoned.tries} "
+                   "boots that never reached mark-good; not pinning it again (waiting for a "
+                   "newer release, or 'gitroot pin' it by hand)")
+            log.warning("%s", msg)
+            self._record(FetchRecord(time.time(), "abandoned", msg, commit, s.branch), state)
+            return FetchOutcome("abandoned", msg, commit)
 
         verdict = self._verify(commit)
         base = current[0] if current else None
@@ -215,6 +221,16 @@ class Fetcher:
             log.warning("%s", warning)
         log.info("signature: %s", _describe(verdict))
         return verdict
+
+
+def _git_failure(stderr: Optional[bytes], returncode: int) -> str:
+    """The lines of git's stderr that say what went wrong (git ends with a
+    generic 'fatal: index-pack failed'; the cause, such as 'No space left on
+    device', comes before it)."""
+    lines = [line.strip() for line in (stderr or b"").decode(errors="replace").splitlines()]
+    lines = [line for line in lines if line.startswith(("error:", "fatal:"))] or \
+        [line for line in lines if line]
+    return "; ".join(dict.fromkeys(lines[-3:])) or f"git exited {returncode}"
 
 
 def _describe(verdict) -> str:

@@ -58,7 +58,7 @@ class Trial:
 @dataclass(frozen=True)
 class FetchRecord:
     time: float
-    result: str               # "pinned", "up-to-date", "held", "refused", "failed"
+    result: str               # "pinned", "up-to-date", "held", "abandoned", "refused", "failed"
     message: str
     commit: Optional[str] = None
     branch: Optional[str] = None

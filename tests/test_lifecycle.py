@@ -1,0 +1,398 @@
+"""The upgrade life cycle against a real git smart-HTTP server on 127.0.0.1.
+
+A publisher signs releases with a real SSH key (`gitroot commit --sign-key`)
+into a bare repository that lighttpd + git http-backend serve; a device
+(its own config, repository, state and boot directories under tmp_path)
+runs the real `gitroot` CLI: fetch, status, boot-select, mark-good, pin,
+rollback, log, diff, gc.  Boots are simulated by `gitroot boot-select`,
+which is exactly what the initramfs runs; the kernel command line is
+injected through GITROOT_CMDLINE.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import pygit2
+import pytest
+
+from tests.conftest import gitroot_cmd
+from tests.signing_support import public_key, ssh_key, write_allowed_signers
+
+BRANCH = "stable"
+
+
+class Publisher:
+    def __init__(self, base, server):
+        self.base = base
+        self.key = ssh_key(base, "release-key", "ed25519")
+        self.other_key = ssh_key(base, "stranger-key", "ed25519")
+        self.allowed = write_allowed_signers(
+            base / "allowed_signers", [f"release@example.org {public_key(self.key)}"])
+        self.repo = str(server.repos_dir / "os.git")
+        self.url = server.repo_url("os.git")
+        self.n = 0
+
+    def tree(self, extra_files=0, big=0):
+        self.n += 1
+        src = self.base / f"src{self.n}"
+        if src.exists():
+            shutil.rmtree(src)
+        (src / "boot").mkdir(parents=True)
+        (src / "etc").mkdir()
+        (src / "etc/os-release").write_text(f"release {self.n}\n")
+        (src / "boot" / f"vmlinuz-6.1.0-{self.n}-amd64").write_bytes(b"kernel %d" % self.n)
+        (src / "boot" / f"initrd.img-6.1.0-{self.n}-amd64").write_bytes(b"initrd %d" % self.n)
+        for i in range(extra_files):
+            (src / "etc" / f"file{i}").write_text(f"{self.n} {i}\n" * 10)
+        if big:
+            with open(src / "big.bin", "wb") as f:
+                f.write(os.urandom(big))
+        return str(src)
+
+    def release(self, key=None, **kw):
+        src = self.tree(**kw)
+        args = ["commit", src, "--repo", self.repo, "--branch", BRANCH,
+                "-m", f"release {self.n}"]
+        if key is not False:
+            args += ["--sign-key", key or self.key]
+        return gitroot_cmd(*args).stdout.strip()
+
+
+class Device:
+    def __init__(self, base, publisher, **config):
+        self.base = base
+        self.repo = str(base / "device/repo.git")
+        self.state_dir = str(base / "device/state")
+        self.boot_dir = str(base / "device/boot")
+        self.run_dir = str(base / "run")
+        os.makedirs(self.boot_dir, exist_ok=True)
+        settings = {
+            "remotes": [publisher.url],
+            "branch": BRANCH,
+            "repository": self.repo,
+            "state_dir": self.state_dir,
+            "boot_dir": self.boot_dir,
+            "trusted_keys": {"allowed_signers": publisher.allowed},
+            "signature_policy": "strict",
+            "tries": 2,
+        }
+        settings.update(config)
+        self.config = str(base / "gitroot.yml")
+        with open(self.config, "w") as f:
+            json.dump(settings, f)          # JSON is YAML
+        self.cmdline = "root=/dev/vda ro quiet"
+
+    def env(self):
+        return dict(os.environ, GITROOT_CMDLINE=self.cmdline, GITROOT_RUN_DIR=self.run_dir,
+                    PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def run(self, *args, check=True):
+        return gitroot_cmd(*args, "--config", self.config, check=check, env=self.env())
+
+    def status(self):
+        return json.loads(self.run("status", "--json").stdout)
+
+    def boot(self):
+        """What the initramfs does: choose (consuming a try) and record."""
+        return self.run("boot-select").stdout.strip()
+
+    def installed_kernel(self, commit):
+        with open(os.path.join(self.boot_dir, "gitroot", commit, "vmlinuz"), "rb") as f:
+            return f.read()
+
+
+@pytest.fixture
+def world(tmp_path, git_http_server):
+    publisher = Publisher(tmp_path, git_http_server)
+    first = publisher.release()
+    device = Device(tmp_path, publisher)
+    # Provisioning: the device ships with the first release as last good.
+    gitroot_cmd("fetch", "--config", device.config, env=device.env())
+    device.boot()
+    device.run("mark-good")
+    return publisher, device, first, git_http_server
+
+
+def fsck(repo):
+    proc = subprocess.run(["git", "-C", repo, "fsck", "--strict"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_provisioned_device(world):
+    publisher, device, first, _ = world
+    st = device.status()
+    assert st["last_good"] == first
+    assert st["trial"] is None
+    assert st["booted"]["commit"] == first
+    assert st["signatures"]["last_good"]["ok"]
+    assert "release@example.org" in st["signatures"]["last_good"]["message"]
+    assert device.installed_kernel(first) == b"kernel 1"
+
+
+def test_signed_release_is_fetched_tried_and_marked_good(world):
+    publisher, device, first, _ = world
+    second = publisher.release(extra_files=3)
+    out = device.run("fetch").stdout
+    assert out.startswith("pinned:")
+    st = device.status()
+    assert st["trial"]["commit"] == second and st["trial"]["tries_left"] == 2
+    assert st["next_boot"]["commit"] == second
+    assert st["last_fetch"]["result"] == "pinned"
+    pending = st["pending_update"]
+    # 3 new files plus the new kernel and initrd; the old kernel and initrd go
+    assert (pending["files_added"], pending["files_removed"]) == (5, 2)
+    assert pending["files_changed"] >= 1                   # etc/os-release
+    assert pending["bytes"] > 0
+    assert device.installed_kernel(second) == b"kernel 2"
+    assert os.readlink(os.path.join(device.boot_dir, "gitroot", "trial")) == second
+    # fetching again finds nothing new
+    assert device.run("fetch").stdout.startswith("up-to-date:")
+    # boot it and mark it good
+    assert device.boot() == second
+    assert device.status()["trial"]["tries_left"] == 1
+    device.run("mark-good")
+    st = device.status()
+    assert st["last_good"] == second and st["previous_good"] == first and st["trial"] is None
+    # a third release likewise
+    third = publisher.release()
+    device.run("fetch")
+    assert device.boot() == third
+    device.run("mark-good")
+    assert device.status()["last_good"] == third
+    log = device.run("log", "--json").stdout
+    actions = [h["action"] for h in json.loads(log)]
+    assert actions.count("trial") == 3 and actions.count("good") == 3
+    diff = device.run("diff", "--stat", third, "--from", first).stdout
+    assert "bytes" in diff
+
+
+def test_trial_that_never_boots_falls_back_to_last_good(world):
+    publisher, device, first, _ = world
+    second = publisher.release()
+    device.run("fetch")
+    assert device.boot() == second          # try 1: never marked good (it crashed)
+    assert device.boot() == second          # try 2
+    assert device.boot() == first           # tries exhausted: last good
+    st = device.status()
+    assert st["trial"] is None
+    assert st["abandoned"]["commit"] == second
+    assert st["next_boot"]["commit"] == first
+    # the same release is not pinned again by the next fetch...
+    assert device.run("fetch").stdout.startswith("abandoned:")
+    st = device.status()
+    assert st["trial"] is None and st["next_boot"]["commit"] == first
+    assert st["last_fetch"]["result"] == "abandoned"
+    # ...but a newer one is
+    third = publisher.release()
+    assert device.run("fetch").stdout.startswith("pinned:")
+    assert device.boot() == third
+
+
+def test_pin_and_rollback(world):
+    publisher, device, first, _ = world
+    second = publisher.release()
+    device.run("fetch")
+    device.boot()
+    device.run("mark-good")
+    # rollback: the previous good release, upgrades held
+    device.run("rollback")
+    st = device.status()
+    assert st["next_boot"]["commit"] == first and st["hold"]
+    third = publisher.release()
+    assert device.run("fetch").stdout.startswith("held:")
+    assert device.status()["trial"]["commit"] == first
+    assert device.boot() == first
+    device.run("mark-good")
+    assert device.status()["last_good"] == first
+    # pin by hand, then release the hold
+    device.run("pin", second)
+    assert device.status()["next_boot"]["commit"] == second
+    device.run("pin", "--release")
+    assert device.run("fetch").stdout.startswith("pinned:")
+    assert device.status()["trial"]["commit"] == third
+    # update-revision= on the kernel command line boots that one, consuming nothing
+    device.cmdline = f"quiet update-revision={second}"
+    assert device.boot() == second
+    assert device.status()["trial"]["tries_left"] == 2
+    with pytest.raises(AssertionError, match="debug pin"):
+        device.run("mark-good")
+
+
+def test_gc_keeps_what_it_must(world):
+    publisher, device, first, _ = world
+    commits = [first]
+    for _ in range(3):
+        commits.append(publisher.release(big=200_000))
+        device.run("fetch")
+        device.boot()
+        device.run("mark-good")
+    fourth = publisher.release()
+    device.run("fetch")                      # a pending trial
+    device.run("gc", "--keep", "0")
+    repo = pygit2.Repository(device.repo)
+    kept = {c for c in commits + [fourth] if pygit2.Oid(hex=c) in repo.odb}
+    # booted (= last good), previous good and trial are kept; the oldest is gone
+    assert kept == {commits[3], commits[2], fourth}
+    for c in kept:
+        gitroot_cmd("verify", "--repo", device.repo, c, "--allowed-signers",
+                    publisher.allowed, "--full")
+    fsck(device.repo)
+    # the device can still fetch and upgrade after gc
+    fifth = publisher.release()
+    assert device.run("fetch").stdout.startswith("pinned:")
+    assert device.status()["trial"]["commit"] == fifth
+
+
+@pytest.mark.parametrize("kind", ["unsigned", "untrusted", "tampered", "older"])
+def test_bad_releases_are_refused_and_nothing_is_pinned(world, kind):
+    publisher, device, first, server = world
+    before = device.status()
+    if kind == "unsigned":
+        publisher.release(key=False)
+        expect = "not signed"
+    elif kind == "untrusted":
+        publisher.release(key=publisher.other_key)
+        expect = "which is not in"
+    elif kind == "tampered":
+        good = publisher.release()
+        # rewrite the signed commit's message, keeping the signature
+        repo = pygit2.Repository(publisher.repo)
+        raw = repo.odb.read(pygit2.Oid(hex=good))[1]
+        forged = raw.replace(b"release 2", b"release 2, trust me")
+        oid = repo.odb.write(1, forged)
+        repo.create_reference_direct(f"refs/heads/{BRANCH}", oid, True)
+        expect = "does not match the signed content"
+    else:
+        second = publisher.release()
+        device.run("fetch")
+        device.boot()
+        device.run("mark-good")
+        before = device.status()
+        repo = pygit2.Repository(publisher.repo)
+        repo.create_reference_direct(f"refs/heads/{BRANCH}", pygit2.Oid(hex=first), True)
+        expect = "not a descendant"
+    proc = device.run("fetch", check=False)
+    assert proc.returncode != 0
+    assert expect in proc.stderr.lower(), proc.stderr
+    after = device.status()
+    for key in ("trial", "last_good", "previous_good", "next_boot"):
+        assert after[key] == before[key], key
+    assert after["last_fetch"]["result"] == "refused"
+    assert expect in after["last_fetch"]["message"].lower()
+
+
+def test_noupgrade_on_the_command_line_fetches_nothing(world):
+    publisher, device, first, server = world
+    publisher.release()
+    device.cmdline = "quiet noupgrade"
+    proc = device.run("fetch")
+    assert proc.stdout.startswith("skipped")
+    assert device.status()["trial"] is None
+    access = (server.workdir / "access.log").read_text()
+    hits_before = access.count("git-upload-pack")
+    device.run("fetch")
+    assert (server.workdir / "access.log").read_text().count("git-upload-pack") == hits_before
+
+
+def test_fetch_revision_on_the_command_line_picks_the_branch(world):
+    publisher, device, first, server = world
+    src = publisher.tree()
+    beta = gitroot_cmd("commit", src, "--repo", publisher.repo, "--branch", "beta",
+                       "--sign-key", publisher.key).stdout.strip()
+    device.cmdline = "quiet fetch-revision=beta"
+    device.run("fetch", "--allow-downgrade")
+    assert device.status()["trial"]["commit"] == beta
+
+
+def test_two_fetches_at_once_are_refused(world):
+    publisher, device, first, server = world
+    store_lock = os.path.join(device.state_dir, "lock")
+    import fcntl
+    with open(store_lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        proc = device.run("fetch", check=False)
+    assert proc.returncode != 0 and "locked" in proc.stderr
+
+
+def _fetch_in_background(device):
+    import sys
+    return subprocess.Popen(
+        [sys.executable, "-m", "gitroot", "fetch", "--config", device.config],
+        env=device.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_transfer(server, proc, seconds=30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.transfer_in_progress():
+            time.sleep(0.5)
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def test_fetcher_killed_mid_transfer_then_completes(world):
+    publisher, device, first, server = world
+    big = publisher.release(big=8_000_000)
+    server.restart(kbytes_per_second=500)
+    proc = _fetch_in_background(device)
+    assert _wait_for_transfer(server, proc), "the transfer never started"
+    # kill the fetcher and its git child (power cut / OOM killer)
+    subprocess.run(["pkill", "-KILL", "-f", device.repo], check=False)
+    proc.kill()
+    proc.wait()
+    st = device.status()
+    assert st["trial"] is None and st["last_good"] == first
+    fsck(device.repo)
+    server.restart(kbytes_per_second=0)
+    assert device.run("fetch").stdout.startswith("pinned:")
+    assert device.status()["trial"]["commit"] == big
+    fsck(device.repo)
+
+
+def test_server_killed_mid_transfer(world):
+    publisher, device, first, server = world
+    publisher.release(big=8_000_000)
+    server.restart(kbytes_per_second=500)
+    proc = _fetch_in_background(device)
+    assert _wait_for_transfer(server, proc), "the transfer never started"
+    server.kill()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 9, err          # FetchError
+    assert b"failed" in err
+    st = device.status()
+    assert st["trial"] is None and st["last_good"] == first
+    assert st["last_fetch"]["result"] == "failed"
+    fsck(device.repo)
+
+
+def test_full_disk_during_fetch(world, tmp_path):
+    """The device's repository on a small tmpfs that the release does not fit."""
+    publisher, device, first, server = world
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)], check=True)
+    try:
+        shutil.copytree(device.repo, small / "repo.git", symlinks=True)
+        device_small = Device(tmp_path / "small-device", publisher,
+                              repository=str(small / "repo.git"),
+                              state_dir=device.state_dir, boot_dir=device.boot_dir)
+        device_small.run_dir = device.run_dir
+        publisher.release(big=6_000_000)
+        proc = device_small.run("fetch", check=False)
+        assert proc.returncode == 9, proc.stderr
+        assert "space" in proc.stderr.lower(), proc.stderr
+        st = device_small.status()
+        assert st["trial"] is None and st["last_good"] == first
+        assert st["next_boot"]["commit"] == first
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
