@@ -396,3 +396,60 @@ def test_full_disk_during_fetch(world, tmp_path):
         assert st["next_boot"]["commit"] == first
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_stale_release_from_a_frozen_server_is_refused(tmp_path, git_http_server):
+    publisher = Publisher(tmp_path, git_http_server)
+    first = publisher.release()
+    device = Device(tmp_path, publisher, max_signature_age="1s")
+    time.sleep(2.1)
+    proc = device.run("fetch", check=False)
+    assert proc.returncode == 10 and "frozen server" in proc.stderr, proc.stderr
+    st = device.status()
+    assert st["trial"] is None and st["last_fetch"]["result"] == "refused"
+    assert st["last_good"] is None and first != st["last_fetch"].get("commit")
+
+
+def test_dead_remote_falls_back_to_the_next(world):
+    publisher, device, first, server = world
+    second = publisher.release()
+    dead = Device(device.base / "dead", publisher,
+                  remotes=["http://127.0.0.1:9/git/os.git", publisher.url],
+                  repository=device.repo, state_dir=device.state_dir,
+                  boot_dir=device.boot_dir)
+    dead.run_dir = device.run_dir
+    proc = dead.run("fetch")
+    assert proc.stdout.startswith("pinned:")
+    assert "127.0.0.1:9" in proc.stderr            # the failure was logged
+    assert dead.status()["trial"]["commit"] == second
+
+
+def test_bad_remote_config_document_changes_nothing(world, static_http_server):
+    publisher, device, first, server = world
+    publisher.release()
+    (static_http_server.document_root / "device.yml").write_text("fetch-revision: [unclosed\n")
+    bad = Device(device.base / "bad", publisher,
+                 remote_config={"url": static_http_server.file_url("device.yml")},
+                 repository=device.repo, state_dir=device.state_dir,
+                 boot_dir=device.boot_dir)
+    bad.run_dir = device.run_dir
+    proc = bad.run("fetch")
+    assert "remote configuration" in proc.stderr and "ignored" in proc.stderr
+    assert proc.stdout.startswith("pinned:")      # followed the config file's branch
+    # a good document steers the branch
+    src = publisher.tree()
+    beta = gitroot_cmd("commit", src, "--repo", publisher.repo, "--branch", "beta",
+                       "--sign-key", publisher.key).stdout.strip()
+    (static_http_server.document_root / "device.yml").write_text("fetch-revision: beta\n")
+    bad.run("fetch", "--allow-downgrade")
+    assert bad.status()["trial"]["commit"] == beta
+
+
+def test_offline_update_from_a_bundle_file(world):
+    publisher, device, first, server = world
+    second = publisher.release()
+    bundle = str(device.base / "update.bundle")
+    subprocess.run(["git", "-C", publisher.repo, "bundle", "create", bundle,
+                    f"{first}..{BRANCH}"], check=True, capture_output=True)
+    assert device.run("fetch", "--from", bundle).stdout.startswith("pinned:")
+    assert device.status()["trial"]["commit"] == second
