@@ -299,3 +299,41 @@ def test_entry_without_manifest_line_gets_git_defaults(repo):
     a = view.getattr(b"run")
     assert stat.S_IMODE(a["st_mode"]) == 0o755 and a["st_uid"] == 0
     assert a["st_size"] == 10
+
+
+def test_name_with_nul_corrupts_only_its_directory(repo, caplog):
+    """A NUL inside a name cannot be stored in a tree: the raw bytes misparse,
+    and the directory holding it is an I/O error while the rest is served."""
+    good = craft.blob(repo, b"hello")
+    raw = b"100644 a\0b\0" + good         # name 'a', then 'b\0' eats into the id
+    sub = repo.odb.write(go.OBJ_TREE, raw).raw
+    view = view_of(repo, [(go.MODE_TREE, b"d", sub), (go.MODE_BLOB, b"f", good)],
+                   craft.manifest(b"d\td\t755\t0\t0\t1.000000000\t-", FILE_LINE))
+    with pytest.raises(EntryError, match="directory unreadable"):
+        view.listdir(b"d")
+    assert view.getattr(b"f")["st_size"] == 5
+    assert "directory unreadable" in caplog.text
+
+
+def test_unknown_tree_entry_mode_is_an_io_error(repo):
+    good = craft.blob(repo, b"hello")
+    view = view_of(repo, [(0o100664, b"odd", good), (go.MODE_BLOB, b"f", good)],
+                   craft.manifest(FILE_LINE))
+    with pytest.raises(EntryError, match="unknown tree entry mode 100664"):
+        view.getattr(b"odd")
+    assert view.getattr(b"f")["st_size"] == 5
+
+
+def test_object_of_the_wrong_type_is_an_io_error(repo):
+    good = craft.blob(repo, b"hello")
+    # a "directory" whose id names a blob
+    view = view_of(repo, [(go.MODE_TREE, b"d", good)],
+                   craft.manifest(b"d\td\t755\t0\t0\t1.000000000\t-"))
+    with pytest.raises(EntryError, match="expected a tree"):
+        view.listdir(b"d")
+
+
+def test_corrupt_root_tree_refuses_the_mount(repo):
+    root = repo.odb.write(go.OBJ_TREE, b"100644 x\0short").raw
+    with pytest.raises(ManifestError, match="corrupt root tree"):
+        RootView(repo, craft.commit(repo, root))
