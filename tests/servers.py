@@ -104,6 +104,10 @@ class Lighttpd:
             lines.append(f"connection.kbytes-per-second = {int(self.kbytes_per_second)}")
         if self.git:
             lines += [
+                # Stream with back-pressure instead of buffering the whole
+                # pack: upload-pack then lives as long as the transfer, as
+                # behind a real slow link, and transfer_in_progress() sees it.
+                "server.stream-response-body = 2",
                 f'alias.url = ("/git/" => "{GIT_HTTP_BACKEND}/")',
                 '$HTTP["url"] =~ "^/git/" {',
                 '    cgi.assign = ("" => "")',
