@@ -152,13 +152,20 @@ def test_kill_git_server_mid_clone(git_http_server, tmp_path):
             clone.kill()
             clone.wait()
     assert not git_http_server.transfer_in_progress()
-    leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit()
-                 and _pgid(int(pid)) == group]
-    assert leftovers == []
+    # SIGKILL is final, but the dead wait as zombies until init reaps them
+    assert _live_members(group) == []
 
 
-def _pgid(pid):
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
+def _live_members(pgid):
+    """Processes of group *pgid* that are not zombies."""
+    live = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as stream:
+                fields = stream.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, group = fields[0], int(fields[2])
+        if group == pgid and state not in ("Z", "X"):
+            live.append(pid)
+    return live
