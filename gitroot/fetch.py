@@ -59,6 +59,11 @@ class FetchSettings:
     noupgrade: bool = False
     allow_downgrade: bool = False
     progress: bool = False
+    #: update-revision= (a debug pin) and who set it: "cmdline" (the boot
+    #: path boots it; the fetch only makes sure it is present and signed) or
+    #: "remote" (the fleet's document: scheduled as a held trial)
+    pinned: Optional[str] = None
+    pinned_source: Optional[str] = None
 
 
 @dataclass
@@ -87,6 +92,8 @@ class Fetcher:
         with self.store.locked(blocking=False):
             try:
                 commit = self._transfer()
+                if s.pinned:
+                    return self._debug_pin(s.pinned)
                 outcome = self._consider(commit)
             except GitrootError as err:
                 result = "refused" if isinstance(err, (RefusedReleaseError, SignatureError)) \
@@ -125,28 +132,33 @@ class Fetcher:
 
     def _git_fetch(self, source: str) -> str:
         s = self.settings
+        ref = INCOMING + s.branch
+        self._run_git_fetch(source, f"+refs/heads/{s.branch}:{ref}")
+        try:
+            return str(self.repo.references[ref].resolve().target)
+        except KeyError:
+            raise FetchError(f"{source} has no branch {s.branch}") from None
+
+    def _run_git_fetch(self, source: str, refspec: str) -> None:
+        s = self.settings
         if source.startswith("-"):
             raise FetchError(f"refusing remote {source!r}")
-        ref = INCOMING + s.branch
         cmd = ["git", "-C", self.repo.path,
                "-c", "protocol.file.allow=always",
                "-c", "http.lowSpeedLimit=1024", "-c", "http.lowSpeedTime=60",
                "-c", "fetch.fsckObjects=true", "-c", "transfer.fsckObjects=true",
                "fetch", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
                "--progress" if s.progress else "--quiet",
-               "--", source, f"+refs/heads/{s.branch}:{ref}"]
+               "--", source, refspec]
         env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/true",
                    LC_ALL="C")
         proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL,
                               stderr=None if s.progress else subprocess.PIPE)
         if proc.returncode != 0:
-            raise FetchError(f"fetching {s.branch} from {source} failed: "
+            what = s.branch if refspec.startswith("+refs/heads/") else refspec.split(":")[0][1:]
+            raise FetchError(f"fetching {what} from {source} failed: "
                              f"{_git_failure(proc.stderr, proc.returncode)}")
-        try:
-            return str(self.repo.references[ref].resolve().target)
-        except KeyError:
-            raise FetchError(f"{source} has no branch {s.branch}") from None
 
     # -- deciding --------------------------------------------------------
 
@@ -204,6 +216,54 @@ class Fetcher:
                      new_state, action="trial", commit=commit)
         log.info("%s", msg)
         return FetchOutcome("pinned", msg, commit)
+
+    def _debug_pin(self, rev: str) -> FetchOutcome:
+        """Make sure the update-revision is here and signed; schedule it when
+        the remote document asked for it (the kernel command line's pin is
+        booted directly by the boot path)."""
+        s = self.settings
+        commit = self._resolve_or_fetch(rev)
+        verdict_text = _describe(self._verify(commit))
+        state = self.store.load()
+        if s.pinned_source != "remote":
+            msg = (f"update-revision {rev} is {commit[:12]} ({verdict_text}); the boot path "
+                   "boots it while it is on the kernel command line")
+            self._record(FetchRecord(time.time(), "debug-pin", msg, commit, s.branch,
+                                     verdict_text), state)
+            return FetchOutcome("debug-pin", msg, commit)
+        if state.trial is not None and state.trial.commit == commit and state.hold:
+            msg = f"update-revision {rev} ({commit[:12]}) is already pinned"
+            self._record(FetchRecord(time.time(), "up-to-date", msg, commit, s.branch,
+                                     verdict_text), state)
+            return FetchOutcome("up-to-date", msg, commit)
+        new_state = schedule_trial(state, commit, s.tries, hold=True)
+        msg = (f"pinned {commit[:12]} (update-revision {rev} from the remote configuration) "
+               f"as the next boot's trial, upgrades held ({verdict_text})")
+        self._record(FetchRecord(time.time(), "pinned", msg, commit, s.branch, verdict_text),
+                     new_state, action="pin", commit=commit)
+        log.info("%s", msg)
+        return FetchOutcome("pinned", msg, commit)
+
+    def _resolve_or_fetch(self, rev: str) -> str:
+        from gitroot.repository import resolve_commit
+        from gitroot.errors import RepositoryError
+        try:
+            return str(resolve_commit(self.repo, rev).id)
+        except RepositoryError:
+            pass
+        if len(rev) != 40:
+            raise FetchError(f"update-revision {rev} is not in the repository; name it by "
+                             "its full 40-digit id so it can be fetched")
+        errors = []
+        for source in self.settings.sources:
+            if _is_static(source):
+                continue
+            try:
+                self._run_git_fetch(source, f"+{rev}:{INCOMING}pinned")
+                return str(resolve_commit(self.repo, rev).id)
+            except (FetchError, RepositoryError) as err:
+                errors.append(str(err))
+        raise FetchError(f"update-revision {rev} could not be fetched: " + "; ".join(errors))
 
     def _descends(self, commit: str, base: str) -> bool:
         """Is *commit* *base* or a descendant of it?  Asked of git itself,

@@ -453,3 +453,33 @@ def test_offline_update_from_a_bundle_file(world):
                     f"{first}..{BRANCH}"], check=True, capture_output=True)
     assert device.run("fetch", "--from", bundle).stdout.startswith("pinned:")
     assert device.status()["trial"]["commit"] == second
+
+
+def test_update_revision_from_the_remote_document_is_pinned_and_held(world, static_http_server):
+    publisher, device, first, server = world
+    second = publisher.release()
+    third = publisher.release()
+    (static_http_server.document_root / "device.yml").write_text(f"update-revision: {second}\n")
+    steered = Device(device.base / "steered", publisher,
+                     remote_config={"url": static_http_server.file_url("device.yml")},
+                     repository=device.repo, state_dir=device.state_dir,
+                     boot_dir=device.boot_dir)
+    steered.run_dir = device.run_dir
+    assert steered.run("fetch").stdout.startswith("pinned:")
+    st = steered.status()
+    assert st["trial"]["commit"] == second and st["hold"]
+    assert steered.boot() == second
+    assert third != second
+
+
+def test_update_revision_on_the_command_line_is_fetched_and_booted(world):
+    publisher, device, first, server = world
+    second = publisher.release()
+    publisher.release()
+    device.cmdline = f"quiet update-revision={second}"
+    out = device.run("fetch").stdout
+    assert out.startswith("debug-pin:") and second[:12] in out
+    assert device.status()["trial"] is None      # nothing scheduled
+    assert device.boot() == second                # booted directly
+    device.cmdline = "quiet"
+    assert device.boot() == first                 # gone with the command line option

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         tries=config.tries, max_signature_age=config.max_signature_age,
         allow_downgrade=args.allow_downgrade,
         progress=sys.stderr.isatty() if args.progress is None else args.progress,
+        pinned=effective.pinned, pinned_source=effective.pinned_source,
     )
     from gitroot.repository import open_or_init_bare
     repo = open_or_init_bare(device.repository)
