@@ -328,7 +328,7 @@ def import_directory(source: str, repo_path: str, branch: str, message: str,
 
 
 def pack_loose_objects(repo_path: str) -> bool:
-    """Move loose objects into one pack without deltas; False if that failed.
+    """Move the loose objects into a new pack without deltas; False if that failed.
 
     A mount reads a pack much faster from a cold disk than thousands of loose
     object files, and without deltas a blob is one zlib stream, as fast to
@@ -344,7 +344,10 @@ def pack_loose_objects(repo_path: str) -> bool:
     if git is None:
         log.warning("git is not installed: objects stay loose (slower mounts)")
         return False
-    cmd = [git, "--git-dir", repo_path, "repack", "-a", "-d", "-q",
+    # Without -a: only the loose objects this import wrote go into a new
+    # pack, so a second import of a slightly changed tree stays fast instead
+    # of rewriting every release's objects (run `git gc` now and then).
+    cmd = [git, "--git-dir", repo_path, "repack", "-d", "-q",
            "--window=0", "--depth=0"]
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
