@@ -355,7 +355,7 @@ class AllowedSigners:
         problems = []
         for entry in in_namespace:
             if entry.valid_after is not None and when < entry.valid_after:
-                problems.append(f"not valid until {_show_time(entry.valid_after)} "
+                problems.append(f"is not valid until {_show_time(entry.valid_after)} "
                                 f"({self.path} line {entry.line})")
             elif entry.valid_before is not None and when > entry.valid_before:
                 problems.append(f"expired at {_show_time(entry.valid_before)} "
@@ -363,7 +363,7 @@ class AllowedSigners:
             else:
                 return entry
         raise KeyValidityError(
-            f"{revision}: SSH key {fpr} signed at {_show_time(when)} but is "
+            f"{revision}: SSH key {fpr} signed at {_show_time(when)}, but the key "
             + "; ".join(problems), revision, fpr)
 
 

@@ -152,7 +152,10 @@ def _resolve(repo: pygit2.Repository, rev: str) -> _Target:
     try:
         obj = repo.revparse_single(rev)
     except (KeyError, ValueError, pygit2.GitError) as err:
-        raise RepositoryError(f"unknown revision {rev!r}: {str(err).strip()}") from None
+        detail = str(err).strip().strip("'")
+        detail = "not found" if detail in ("", rev) else detail
+        raise RepositoryError(f"unknown revision {rev!r} in {repo.path.rstrip('/')}: "
+                              f"{detail}") from None
     object_id = str(obj.id)
     type_num, raw = repo.odb.read(obj.id)[:2]
     type_num = int(type_num)
