@@ -224,3 +224,16 @@ def test_status_lines_only_from_the_status_stream():
     status = openpgp.parse_status(b"[GNUPG:] BADSIG 11 x [GNUPG:] GOODSIG 11 y\n"
                                   b"text [GNUPG:] VALIDSIG fake\n")
     assert status == [[b"BADSIG", b"11", b"x", b"[GNUPG:]", b"GOODSIG", b"11", b"y"]]
+
+
+@pytest.mark.parametrize("bits", [512, 16392])
+def test_rsa_key_size_limits(bits):
+    def mpint(value: int) -> bytes:
+        raw = value.to_bytes(value.bit_length() // 8 + 1, "big")
+        return struct.pack(">I", len(raw)) + raw
+    n = (1 << (bits - 1)) | 1
+    key_blob = struct.pack(">I", 7) + b"ssh-rsa" + mpint(65537) + mpint(n)
+    sig = sshsig.SshSignature(key_blob, "git", b"", "sha512",
+                              struct.pack(">I", 12) + b"rsa-sha2-512" + struct.pack(">I", 0))
+    with pytest.raises(UnsupportedSignatureError, match=f"{bits} bits"):
+        sshsig.check_signature(sig, b"payload")

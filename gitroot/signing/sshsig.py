@@ -47,6 +47,7 @@ _RSA_SIG_HASHES = {"rsa-sha2-256": hashes.SHA256, "rsa-sha2-512": hashes.SHA512}
 _MESSAGE_HASHES = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
 SUPPORTED_KEY_TYPES = ("ssh-ed25519", "ssh-rsa") + tuple(_CURVES)
 RSA_MIN_BITS = 1024  # OpenSSH's SSH_RSA_MINIMUM_MODULUS_SIZE
+RSA_MAX_BITS = 16384  # OpenSSH's SSH_RSA_MAXIMUM_MODULUS_SIZE
 
 
 class _FormatError(ValueError):
@@ -259,8 +260,9 @@ def verify_raw(key_blob: bytes, sig_blob: bytes, data: bytes) -> None:
     elif ktype == "ssh-rsa":
         e_value, n_value = key.mpint(), key.mpint()
         key.done()
-        if n_value.bit_length() < RSA_MIN_BITS:
-            raise _Unsupported(f"RSA key of {n_value.bit_length()} bits is too small")
+        if not RSA_MIN_BITS <= n_value.bit_length() <= RSA_MAX_BITS:
+            raise _Unsupported(f"RSA key of {n_value.bit_length()} bits is not supported "
+                               f"({RSA_MIN_BITS} to {RSA_MAX_BITS} bits)")
         if sig_type not in _RSA_SIG_HASHES:
             # OpenSSH refuses SHA-1 ("ssh-rsa") signatures in SSHSIG too.
             raise _Unsupported(f"RSA signature algorithm {sig_type!r} is not supported")
