@@ -323,8 +323,7 @@ def _release_boot_files(repo: pygit2.Repository, commit: str) -> dict:
                             key=_version_key)
         for name in reversed(candidates):
             try:
-                handle = view.open(b"boot/" + name)
-                found[kind.decode()] = view.read(handle, 1 << 40, 0)
+                found[kind.decode()] = view.read_file(b"boot/" + name, 1 << 40, 0)
                 break
             except (OSError, EntryError) as err:
                 log.warning("boot/%s unreadable: %s", name.decode(errors="replace"), err)

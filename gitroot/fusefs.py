@@ -18,9 +18,8 @@ import ctypes
 import errno
 import logging
 import os
-from typing import Dict
 
-from gitroot.vfs import EntryError, FileHandle, RootView
+from gitroot.vfs import EntryError, RootView
 
 try:                            # Debian's python3-fusepy names the module fusepy
     import fusepy as fuse
@@ -45,8 +44,6 @@ class GitrootFS(fuse.Operations):
     def __init__(self, view: RootView, on_ready=None):
         self.view = view
         self.on_ready = on_ready
-        self._handles: Dict[int, FileHandle] = {}
-        self._next_fh = 1
 
     def __call__(self, op, *args):
         method = getattr(self, op, None)
@@ -125,21 +122,12 @@ class GitrootFS(fuse.Operations):
 
     # -- contents --------------------------------------------------------
 
-    def open(self, path, flags):
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
-            raise fuse.FuseOSError(errno.EROFS)
-        handle = self.view.open(_vpath(path))
-        fh = self._next_fh
-        self._next_fh += 1
-        self._handles[fh] = handle
-        return fh
+    # No open() and release(): libfuse answers them without Python (the mount
+    # is read-only, so the kernel refuses writing opens itself) and read()
+    # finds the file by path; see RootView.read_file.
 
     def read(self, path, size, offset, fh):
-        return self.view.read(self._handles[fh], size, offset)
-
-    def release(self, path, fh):
-        self._handles.pop(fh, None)
-        return 0
+        return self.view.read_file(_vpath(path), size, offset)
 
     def opendir(self, path):
         node = self.view.lookup(_vpath(path))
@@ -151,7 +139,8 @@ class GitrootFS(fuse.Operations):
 # they do nothing here.  Unregistered, libfuse answers them itself (FLUSH once
 # with ENOSYS, after which the kernel stops sending it), so a close() or
 # closedir() costs no trip through Python.
-for _op in ("flush", "fsync", "fsyncdir", "releasedir", "ioctl", "destroy"):
+for _op in ("open", "release", "flush", "fsync", "fsyncdir", "releasedir", "ioctl",
+            "destroy"):
     setattr(GitrootFS, _op, None)
 
 _WRITE_OPS = frozenset((

@@ -42,6 +42,7 @@ from gitroot.repository import resolve_commit
 log = logging.getLogger(__name__)
 
 BLOCK = 512
+RECENT_BLOBS = 8     # blobs kept between reads (see read_file)
 HIGH_INO = 1 << 62   # inodes of entries the manifest lacks (see _fallback_ino)
 
 
@@ -66,16 +67,6 @@ class Node:
         self.target: Optional[bytes] = None                    # symlinks, once read
 
 
-class FileHandle:
-    """An open regular file; its blob is read on first use, not at open."""
-
-    __slots__ = ("node", "data")
-
-    def __init__(self, node: Node):
-        self.node = node
-        self.data: Optional[bytes] = None
-
-
 def _fallback_ino(path: bytes) -> int:
     # Stable across mounts and far above manifest positions.
     return HIGH_INO | int.from_bytes(hashlib.blake2b(path, digest_size=8).digest(), "big") >> 2
@@ -96,6 +87,7 @@ class RootView:
         self.root = self._make_node(b".", mf.KIND_DIR, root_tree, root_entry)
         self._nodes: Dict[bytes, Node] = {b".": self.root}
         self._logged: set = set()
+        self._recent: Dict[bytes, bytes] = {}   # path -> blob, oldest first
 
     # -- loading ---------------------------------------------------------
 
@@ -298,17 +290,29 @@ class RootView:
         node = self.lookup(path)
         return node.entry.xattrs if node.entry is not None else ()
 
-    def open(self, path: bytes) -> FileHandle:
+    def read_file(self, path: bytes, size: int, offset: int) -> bytes:
+        """Bytes [offset, offset+size) of the regular file at *path*.
+
+        There is no open/release: the adapter leaves both to libfuse, so a
+        program that opens a file whose pages the kernel has cached costs
+        no trip through Python.  Instead the last few blobs read are kept
+        (a file is read in 128 KiB requests, and a blob is decompressed
+        once, not per request); a blob read to its end is dropped at once,
+        so a full read leaves nothing behind.
+        """
         node = self.lookup(path)
         if node.kind != mf.KIND_FILE:
             raise IsADirectoryError(path) if node.kind == mf.KIND_DIR else OSError(6, "no device")
-        return FileHandle(node)
-
-    def read(self, handle: FileHandle, size: int, offset: int) -> bytes:
-        data = handle.data
+        recent = self._recent
+        data = recent.pop(path, None)
         if data is None:
-            data = handle.data = self._content(handle.node)
-        return data[offset:offset + size]
+            data = self._content(node)
+        end = offset + size
+        if end < len(data):
+            recent[path] = data
+            while len(recent) > RECENT_BLOBS:
+                del recent[next(iter(recent))]
+        return data[offset:end]
 
     def _content(self, node: Node) -> bytes:
         try:
