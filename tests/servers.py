@@ -99,6 +99,10 @@ class Lighttpd:
             'mimetype.assign = ("" => "application/octet-stream")',
             # Our own test data only: no index files, no directory listings.
             'index-file.names = ()',
+            # Tests rewrite files in place (a remote document, a bundle
+            # index); lighttpd's stat cache would otherwise announce the old
+            # Content-Length for up to a second and cut the new body short.
+            'server.stat-cache-engine = "disable"',
         ]
         if self.kbytes_per_second:
             lines.append(f"connection.kbytes-per-second = {int(self.kbytes_per_second)}")
