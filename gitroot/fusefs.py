@@ -129,18 +129,15 @@ class GitrootFS(fuse.Operations):
     def read(self, path, size, offset, fh):
         return self.view.read_file(_vpath(path), size, offset)
 
-    def opendir(self, path):
-        node = self.view.lookup(_vpath(path))
-        self.view.children(node)
-        return 0
-
 
 # Operations fusepy would register from fuse.Operations' defaults although
 # they do nothing here.  Unregistered, libfuse answers them itself (FLUSH once
 # with ENOSYS, after which the kernel stops sending it), so a close() or
 # closedir() costs no trip through Python.
-for _op in ("open", "release", "flush", "fsync", "fsyncdir", "releasedir", "ioctl",
-            "destroy"):
+# opendir too: an unreadable directory fails at readdir() with EIO instead,
+# and a walk saves one trip through Python per directory.
+for _op in ("open", "release", "opendir", "flush", "fsync", "fsyncdir", "releasedir",
+            "ioctl", "destroy"):
     setattr(GitrootFS, _op, None)
 
 _WRITE_OPS = frozenset((

@@ -251,3 +251,21 @@ def test_round_trip_of_debian_minbase(tmp_path):
     second = time.monotonic() - started
     assert "(0 read" in proc.stderr, proc.stderr
     print(f"first commit {first:.1f} s, second {second:.1f} s")
+
+
+def test_unreadable_directory_is_eio_through_the_mount(tmp_path):
+    repo = pygit2.init_repository(str(tmp_path / "evil.git"), bare=True)
+    good = craft.blob(repo, b"hello")
+    sub = craft.tree(repo, [(go.MODE_BLOB, b"inner", good)])
+    root = craft.with_manifest(repo, [(go.MODE_TREE, b"d", sub), (go.MODE_BLOB, b"f", good)],
+                               craft.manifest(b"d\td\t755\t0\t0\t1.000000000\t-",
+                                              b"d/inner\tf\t644\t0\t0\t1.000000000\t5",
+                                              b"f\tf\t644\t0\t0\t1.000000000\t5"))
+    commit = craft.commit(repo, root)
+    craft.corrupt_loose_object(repo, sub, b"garbage", type_name=b"tree")
+    with Mount(repo.path, commit, tmp_path / "mnt") as m:
+        with pytest.raises(OSError) as info:
+            os.listdir(os.path.join(m.mountpoint, "d"))
+        assert info.value.errno == errno.EIO
+        with open(os.path.join(m.mountpoint, "f"), "rb") as f:
+            assert f.read() == b"hello"
