@@ -29,7 +29,6 @@ twice and never observe a half-built one.
 import hashlib
 import logging
 import os
-import stat
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import pygit2
@@ -266,7 +265,7 @@ class RootView:
             except EntryError as err:
                 self._log_once(node.path, str(err))
                 raise
-            for name, kid in kids.items():
+            for kid in kids.values():
                 self._nodes[kid.path] = kid
             node.children = kids
         return node.children
@@ -341,7 +340,7 @@ class RootView:
         node = self.lookup(path)
         yield path, node
         if node.kind == mf.KIND_DIR:
-            for name, kid in sorted(self.children(node).items()):
+            for _name, kid in sorted(self.children(node).items()):
                 if kid.error is None:
                     yield from self.walk(kid.path)
 

@@ -12,9 +12,7 @@ injected through GITROOT_CMDLINE.
 import json
 import os
 import shutil
-import signal
 import subprocess
-import threading
 import time
 
 import pygit2
@@ -268,7 +266,7 @@ def test_bad_releases_are_refused_and_nothing_is_pinned(world, kind):
         repo.create_reference_direct(f"refs/heads/{BRANCH}", oid, True)
         expect = "does not match the signed content"
     else:
-        second = publisher.release()
+        publisher.release()
         device.run("fetch")
         device.boot()
         device.run("mark-good")

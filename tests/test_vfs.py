@@ -7,7 +7,6 @@ import pygit2
 import pytest
 
 from gitroot import gitobjects as go
-from gitroot import manifest as mf
 from gitroot.errors import ManifestError, RepositoryError, SourceError
 from gitroot.importer import import_directory
 from gitroot.vfs import EntryError, RootView, open_view
