@@ -185,7 +185,11 @@ class _FUSE(fuse.FUSE):
         return 0
 
 
-def mount_options(allow_other: bool) -> dict:
+def mount_options(allow_other: bool, suid: bool = False) -> dict:
+    """libfuse's mount options.  *suid* (a system root, see ``gitroot mount
+    --suid``) makes setuid/setgid bits and device files take effect; libfuse
+    mounts ``nosuid,nodev`` otherwise, which is right for any other mount of
+    a commit that may come from someone else."""
     opts = dict(
         ro=True,
         default_permissions=True,     # the kernel checks modes and owners
@@ -199,12 +203,15 @@ def mount_options(allow_other: bool) -> dict:
     )
     if allow_other:
         opts["allow_other"] = True
+    if suid:
+        opts["suid"] = True
+        opts["dev"] = True
     return opts
 
 
 def run_fuse(view: RootView, mountpoint: str, allow_other: bool, on_ready=None,
-             debug: bool = False) -> None:
+             debug: bool = False, suid: bool = False) -> None:
     """Serve *view* at *mountpoint* until unmounted (blocks)."""
     ops = GitrootFS(view, on_ready)
     _FUSE(ops, mountpoint, foreground=True, nothreads=True, encoding=ENCODING,
-              debug=debug, **mount_options(allow_other))
+              debug=debug, **mount_options(allow_other, suid))

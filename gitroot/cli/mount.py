@@ -16,11 +16,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-allow-other", dest="allow_other", action="store_false")
     parser.add_argument("--log-file", help="the daemon's log (default: syslog if present)")
     parser.add_argument("--pid-file", help="write the daemon's pid here once the mount is ready")
+    parser.add_argument("--jail", metavar="DIR",
+                        help="boot path: once ready, the daemon chroots into DIR (the "
+                        "repository is bound read-only at its own path inside), so it "
+                        "outlives the initramfs; its argv[0] starts with '@' so that "
+                        "systemd's shutdown spares it (root only)")
+    parser.add_argument("--suid", action="store_true",
+                        help="setuid/setgid bits and device files take effect (for a "
+                        "system root; never for a commit other users could mount)")
 
 
 def run(args: argparse.Namespace) -> int:
     pid = mount(args.repo, args.rev, args.mountpoint, foreground=args.foreground,
-                allow_other=args.allow_other, log_file=args.log_file, debug=args.debug)
+                allow_other=args.allow_other, log_file=args.log_file, debug=args.debug,
+                jail=args.jail, suid=args.suid)
     if args.pid_file and not args.foreground:
         with open(args.pid_file, "w") as f:
             f.write(f"{pid}\n")
