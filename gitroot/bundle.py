@@ -515,7 +515,8 @@ def choose_chain(index: StaticIndex, branch: str, have: Iterable[str]) -> List[B
 
 # -- fetching --------------------------------------------------------------
 
-def fetch_static(base_url: str, repo: Union["pygit2.Repository", str], branch: str,
+def fetch_static(base_url: str, repo: Union["pygit2.Repository", str, "os.PathLike[str]"],
+                 branch: str,
                  have: Sequence[str], workdir: str,
                  progress: Optional[ProgressCallback] = None, *,
                  timeout: float = 30.0,
@@ -540,7 +541,7 @@ def fetch_static(base_url: str, repo: Union["pygit2.Repository", str], branch: s
     """
     import requests
 
-    repo_path = repo if isinstance(repo, str) else repo.path
+    repo_path = os.fspath(repo) if isinstance(repo, (str, os.PathLike)) else repo.path
     repo_path = repo_path.rstrip("/") or "/"
     if not _valid_branch(branch):
         raise FetchError(f"invalid branch name {branch!r}")
