@@ -1,0 +1,38 @@
+"""The initramfs boot script and hook pass ``shellcheck -s dash``.
+
+They run under dash (or busybox sh) in the initramfs and in mkinitramfs,
+where a bashism fails only at boot; shellcheck catches them here.
+"""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+SCRIPTS = ["initramfs/gitroot", "hooks/gitroot"]
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None,
+                    reason="shellcheck is not installed (apt-get install shellcheck)")
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_shellcheck_dash(script):
+    proc = subprocess.run(["shellcheck", "-s", "dash", os.path.join(REPO_ROOT, script)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_parses_with_dash(script):
+    dash = shutil.which("dash")
+    if dash is None:
+        pytest.skip("dash is not installed")
+    proc = subprocess.run([dash, "-n", os.path.join(REPO_ROOT, script)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_hook_is_executable():
+    assert os.access(os.path.join(REPO_ROOT, "hooks/gitroot"), os.X_OK)
