@@ -18,7 +18,8 @@ costs to ship the new one:
 * ``git_bundle``: ``git bundle create`` of ``OLD..NEW`` (git's defaults);
 * ``xz_git_bundle`` / ``zstd_git_bundle``: ``xz -9e`` and ``zstd --ultra -22
   --long=27`` over a git bundle whose pack is not zlib-compressed
-  (``pack.compression=0``);
+  (``pack.compression=0``, objects not reused as stored, git's delta
+  defaults);
 * ``gitroot_bundle``: ``gitroot bundle --from OLD --to NEW`` (what a static
   directory serves), and ``gitroot_full_bundle`` (``--to NEW`` alone);
 * ``ostree_delta``: ``ostree static-delta generate --from OLD --to NEW`` with
@@ -111,8 +112,14 @@ def piped_size(producer: list, consumer: list = None, **kwargs) -> int:
 
 
 def dir_size(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path)
-               for f in files)
+    """Bytes of the regular files under *path*, each hard-linked file once."""
+    seen = {}
+    for directory, _, files in os.walk(path):
+        for name in files:
+            st = os.lstat(os.path.join(directory, name))
+            if stat.S_ISREG(st.st_mode):
+                seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
 
 
 # -- the trees -------------------------------------------------------------
@@ -244,8 +251,7 @@ def measure(args, work: str, old: str, new: str) -> dict:
                                             f"{old_commit}..{BRANCH}"]),
                                  os.path.getsize(plain))[1])
     raw = os.path.join(work, "uncompressed.bundle")
-    run(git + ["-c", "pack.compression=0", "bundle", "create", "-q", raw,
-               f"{old_commit}..{BRANCH}"])
+    uncompressed_bundle(repo, old_commit, new_commit, raw)
     timed("xz_git_bundle", lambda: piped_size(["xz", "-9e", "-T1", "-c", raw]))
     timed("zstd_git_bundle",
           lambda: piped_size(["zstd", "-q", "--ultra", "-22", "--long=27", "-c", raw]))
@@ -265,6 +271,20 @@ def measure(args, work: str, old: str, new: str) -> dict:
             "changed_files": len(output(git + ["diff", "--name-only", old_commit,
                                                new_commit]).splitlines()),
             "new_tree_bytes": dir_size(new)}
+
+
+def uncompressed_bundle(repo: str, old_commit: str, new_commit: str, path: str) -> None:
+    """What ``git -c pack.compression=0 bundle create OLD..NEW`` would write if
+    git did not copy already-packed objects as stored (zlib-compressed): the
+    same header and thin pack with git's default delta settings, every object
+    stored without zlib."""
+    with open(path, "wb") as out:
+        out.write(f"# v2 git bundle\n-{old_commit}\n{new_commit} refs/heads/{BRANCH}\n\n"
+                  .encode())
+        out.flush()
+        run(["git", "--git-dir", repo, "-c", "pack.compression=0", "pack-objects", "--revs",
+             "--thin", "--stdout", "--delta-base-offset", "--no-reuse-object", "-q"],
+            input=f"{new_commit}\n^{old_commit}\n".encode(), stdout=out)
 
 
 def verify_bundle(work: str, repo: str, old_commit: str, new_commit: str,

@@ -238,6 +238,9 @@ def create_bundle(repo_path: str, to_rev: str, output: str, *,
             cmd = ["git", "--git-dir", repo_path,
                    "-c", f"pack.compression={PACK_COMPRESSION}",
                    "pack-objects", "--revs", "--stdout", "--delta-base-offset", "-q",
+                   # Recompress and re-delta every object: objects already in a
+                   # pack would otherwise be copied zlib-compressed, as stored.
+                   "--no-reuse-object",
                    f"--window={int(window)}", f"--depth={int(depth)}"]
             if from_commit:
                 cmd.append("--thin")   # deltas may use OLD's objects as bases
