@@ -340,6 +340,13 @@ def test_bundle_file_is_a_git_bundle(releases, tmp_path):
     header = parse_bundle_header(raw.read_bytes()[:4096])
     assert header.prerequisites == (commits["v1"],)
     assert header.refs == ((f"refs/heads/{BRANCH}", commits["v3"]),)
+    # objects are stored without zlib (xz compresses better), even those the
+    # importer had already packed zlib-compressed
+    assert list((source / "objects" / "pack").glob("*.pack"))
+    blob = git(source, "rev-parse", f"{commits['v3']}:usr/bin/tool3")
+    content = subprocess.run(["git", "--git-dir", str(source), "cat-file", "blob", blob],
+                             capture_output=True, check=True).stdout
+    assert content[:1000] in raw.read_bytes()
     # git itself accepts it: verify against a repository with the prerequisite
     device = device_with(tmp_path, source, commits["v1"])
     subprocess.run(["git", "--git-dir", str(device), "bundle", "verify", str(raw)],
