@@ -192,7 +192,8 @@ def _daemon_logging(log_file: Optional[str], debug: bool) -> None:
     if log_file and _is_char_device(log_file):
         # /dev/kmsg (the boot path): one record per message; the kernel
         # stamps the time, and opened now it keeps working in the jail.
-        handler: logging.Handler = logging.FileHandler(log_file)
+        # Not in append mode: that seeks, which /dev/kmsg refuses (EINVAL).
+        handler: logging.Handler = logging.FileHandler(log_file, mode="w")
         handler.setFormatter(logging.Formatter("gitroot[%(process)d]: %(message)s"))
     elif log_file:
         handler = logging.FileHandler(log_file)
