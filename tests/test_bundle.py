@@ -110,6 +110,9 @@ def assert_fetched(device, source, commit, before):
 
 
 def access_log(server) -> str:
+    """The server's access log; stops the server, which is when lighttpd is
+    sure to have written it."""
+    server.stop()
     path = server.workdir / "access.log"
     return path.read_text() if path.exists() else ""
 
@@ -479,3 +482,32 @@ def test_no_tmp_files_left_by_a_failed_bundle(releases, tmp_path):
     assert proc.returncode != 0 and "unknown revision" in proc.stderr
     assert list(out.iterdir()) == []
     shutil.rmtree(out)
+
+
+# -- the whole path: gitroot fetch from a static directory -------------------
+
+def test_gitroot_fetch_from_a_static_directory(tmp_path, static_http_server):
+    """Signed releases published with --publish reach a device through
+    ``gitroot fetch`` (the fetcher's checks and pins, docs/operations.md)."""
+    from tests.test_lifecycle import Device, Publisher
+
+    publisher = Publisher(tmp_path, static_http_server)
+    site = static_http_server.document_root
+    first = publisher.release()
+    gitroot_cmd("bundle", "--repo", publisher.repo, "--to", BRANCH, "--publish", site)
+    device = Device(tmp_path, publisher, remotes=[static_http_server.url + "/"])
+    assert device.run("fetch").stdout.startswith("pinned:")
+    assert device.boot() == first
+    device.run("mark-good")
+
+    second = publisher.release(extra_files=5)
+    gitroot_cmd("bundle", "--repo", publisher.repo, "--from", first, "--to", BRANCH,
+                "--publish", site)
+    assert device.run("fetch").stdout.startswith("pinned:")
+    assert device.status()["trial"]["commit"] == second
+    assert tree_of(device.repo, second) == tree_of(publisher.repo, second)
+    delta = f"{BRANCH}-{first[:12]}-{second[:12]}.bundle.xz"
+    log_lines = access_log(static_http_server).splitlines()
+    assert sum(delta in line for line in log_lines) == 1
+    assert sum("full" in line for line in log_lines) == 1   # the first fetch only
+    git(device.repo, "fsck", "--strict", "--no-dangling")
