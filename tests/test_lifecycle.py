@@ -162,9 +162,18 @@ def test_signed_release_is_fetched_tried_and_marked_good(world):
     assert device.boot() == third
     device.run("mark-good")
     assert device.status()["last_good"] == third
+    # the boot directory keeps the running (= last good) and previous good
+    # releases' kernels next to a new trial's, and drops older ones
+    fourth = publisher.release()
+    device.run("fetch")
+    kernels = sorted(e for e in os.listdir(os.path.join(device.boot_dir, "gitroot"))
+                     if len(e) == 40)
+    assert kernels == sorted([second, third, fourth])
+    assert device.installed_kernel(third) == b"kernel 3"
+    assert device.installed_kernel(fourth) == b"kernel 4"
     log = device.run("log", "--json").stdout
     actions = [h["action"] for h in json.loads(log)]
-    assert actions.count("trial") == 3 and actions.count("good") == 3
+    assert actions.count("trial") == 4 and actions.count("good") == 3
     diff = device.run("diff", "--stat", third, "--from", first).stdout
     assert "bytes" in diff
 
