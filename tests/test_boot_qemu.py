@@ -227,8 +227,12 @@ def make_disk(built, tmp_path, trial=None):
     _device(medium, "mark-good", "--booted", built["good"], run_dir=run_dir)
     if trial:
         _device(medium, "pin", trial, "--tries", "1", run_dir=run_dir)
+    return _make_image(medium, tmp_path)
+
+
+def _make_image(medium, where):
     size = _run("du", "-sm", medium).stdout.split()[0]
-    image = tmp_path / "disk.img"
+    image = where / "disk.img"
     _run("mkfs.ext4", "-q", "-L", "gitroot", "-d", medium, image, f"{int(size) * 3 // 2 + 64}M")
     return image
 
@@ -337,3 +341,33 @@ def test_broken_trial_falls_back_to_the_last_good_release(built, tmp_path):
     assert state["last_good"] == built["good"]
     assert state["trial"] is None
     assert state["abandoned"]["commit"] == built["broken"]
+
+
+def test_unmountable_trial_falls_back_within_the_boot(built, tmp_path):
+    """A trial that cannot even be mounted (here: its commit is not in the
+    repository) costs no reboot: the boot script uses up its tries and
+    boot-select hands it the last good release."""
+    from gitroot.state import StateStore, schedule_trial
+
+    missing = "0123456789abcdef0123456789abcdef01234567"
+    image_dir = tmp_path / "disk"
+    image_dir.mkdir()
+    # pinned behind gitroot's back (pin refuses what it cannot mount)
+    medium = image_dir / "medium"
+    _run("cp", "-al", os.path.join(built["dir"], "medium"), medium)
+    run_dir = tmp_path / "run"
+    _device(medium, "pin", built["good"], "--tries", "1", run_dir=run_dir)
+    _device(medium, "mark-good", "--booted", built["good"], run_dir=run_dir)
+    store = StateStore(str(medium / "gitroot" / "state"))
+    store.save(schedule_trial(store.load(), missing, 2, hold=True), "pin", "test", missing,
+               "a trial whose commit is missing")
+    image = _make_image(medium, image_dir)
+
+    serial, elapsed = boot(built, image, tmp_path / "serial.log")
+    print(f"boot past an unmountable trial took {elapsed:.1f} s under TCG")
+    assert serial.count(f"mounting {missing} (trial)") == 2, serial[-4000:]
+    assert f"trial {missing} cannot be mounted; using up its tries" in serial
+    got = check_good_boot(built, serial, "last-good")
+    assert "abandoned after 2 tries" in json.loads(got["booted"])["detail"]
+    state = json.loads(got["state"])
+    assert state["abandoned"]["commit"] == missing and state["trial"] is None
