@@ -23,7 +23,7 @@ index, choose the cheapest chain of bundles from a commit the device has to
 the branch's head, download each with resume (HTTP Range into a ``.part``
 file; size and SHA-256 checked at the end), decompress, check the header,
 and ``git fetch`` it into ``refs/gitroot/incoming/BRANCH`` -- the only ref
-this module ever moves.  Signature checks and pins are the fetcher's job.
+this module ever moves -- then rewrite the received packs zlib-compressed.  Signature checks and pins are the fetcher's job.
 
 Everything from the server is hostile: the index is size-capped and every
 field checked; a file name is a plain name in the same directory; a
@@ -148,7 +148,8 @@ def _git(repo_path: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
     env = dict(os.environ, LC_ALL="C", GIT_TERMINAL_PROMPT="0")
     kwargs.setdefault("stdout", subprocess.PIPE)
     kwargs.setdefault("stderr", subprocess.PIPE)
-    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    if "input" not in kwargs:
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
     return subprocess.run(["git", "--git-dir", repo_path, *args], env=env, **kwargs)
 
 
@@ -595,6 +596,7 @@ def fetch_static(base_url: str, repo: Union["pygit2.Repository", str, "os.PathLi
             http.close()
 
     old_target = _read_ref(repo_path, ref)
+    packs_before = _pack_files(repo_path)
     try:
         for number, (bundle, path) in enumerate(zip(chain, files), 1):
             unpacked = path[:-len(".xz")]
@@ -612,6 +614,7 @@ def fetch_static(base_url: str, repo: Union["pygit2.Repository", str, "os.PathLi
         raise
     for path in files:
         _unlink(path)
+    _store_compressed(repo_path, sorted(_pack_files(repo_path) - packs_before))
     head = chain[-1].to_commit
     _report(progress, "done", len(chain), len(chain), chain[-1].file, 0, 0)
     return head
@@ -814,6 +817,48 @@ def _git_fetch_bundle(repo_path: str, bundle_path: str, branch: str,
         raise FetchError(f"git refused {bundle.file}: {_git_error(proc)}")
     if _read_ref(repo_path, ref) != bundle.to_commit:
         raise FetchError(f"{bundle.file}: {ref} is not {bundle.to_commit[:12]} after fetch")
+
+
+def _pack_files(repo_path: str) -> set:
+    pack_dir = os.path.join(repo_path, "objects", "pack")
+    try:
+        return {os.path.join(pack_dir, n) for n in os.listdir(pack_dir)
+                if n.startswith("pack-") and n.endswith(".pack")}
+    except FileNotFoundError:
+        return set()
+
+
+def _store_compressed(repo_path: str, packs: Sequence[str]) -> None:
+    """Rewrite freshly fetched *packs* with zlib-compressed objects.
+
+    A bundle's objects travel without zlib (xz compresses them better), and
+    ``git fetch`` keeps a pack as received: stored like that a release takes
+    about twice the disk, and ``git gc`` copies objects as stored, so it would
+    never shrink them.  The new pack is complete before the old one goes, so
+    a crash in between leaves both (harmless duplicates).  A failure here is
+    only a warning: the objects are safely stored either way.
+    """
+    for pack in packs:
+        base = pack[:-len(".pack")]
+        with open(base + ".idx", "rb") as idx:
+            listed = subprocess.run(["git", "show-index"], stdin=idx, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+        ids = [line.split()[1] for line in listed.stdout.decode().splitlines()]
+        if listed.returncode != 0 or not ids:
+            log.warning("cannot list %s; leaving it as received", pack)
+            continue
+        proc = _git(repo_path, "-c", "pack.compression=-1", "pack-objects", "-q",
+                    "--no-reuse-object", "--delta-base-offset",
+                    os.path.join(repo_path, "objects", "pack", "pack"),
+                    input="\n".join(ids).encode() + b"\n")
+        new_base = os.path.join(repo_path, "objects", "pack",
+                                "pack-" + proc.stdout.decode().strip())
+        if proc.returncode != 0 or not os.path.exists(new_base + ".idx"):
+            log.warning("cannot recompress %s: %s", pack, _git_error(proc))
+            continue
+        if new_base != base:
+            for suffix in (".idx", ".pack", ".rev", ".bitmap"):
+                _unlink(base + suffix)
 
 
 def _has_commit(repo_path: str, commit: str) -> bool:

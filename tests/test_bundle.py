@@ -129,6 +129,14 @@ def test_full_bundle_into_an_empty_repository(releases, static_http_server, tmp_
     assert got == commits["v2"]
     assert_fetched(device, source, got, before)
     assert os.listdir(tmp_path / "downloads") == []   # nothing left behind
+    # stored zlib-compressed although the bundle carried it without zlib
+    doc = git(device, "rev-parse", f"{got}:usr/doc7.txt")
+    packs = list((device / "objects" / "pack").glob("*.idx"))
+    assert len(packs) == 1
+    listing = git(device, "verify-pack", "-v", packs[0])
+    oid, kind, size, packed = next(line.split()[:4] for line in listing.splitlines()
+                                   if line.startswith(doc))
+    assert int(packed) < int(size) // 3, (size, packed)
 
 
 def test_delta_bundle_is_chosen_over_the_full_one(releases, static_http_server, tmp_path):
