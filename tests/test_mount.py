@@ -269,3 +269,21 @@ def test_unreadable_directory_is_eio_through_the_mount(tmp_path):
         assert info.value.errno == errno.EIO
         with open(os.path.join(m.mountpoint, "f"), "rb") as f:
             assert f.read() == b"hello"
+
+
+def test_directory_listing_gives_type_and_inode(sample_commit, tmp_path):
+    """readdir passes d_type and d_ino: they must agree with lstat."""
+    src, repo, commit = sample_commit
+    with Mount(repo, commit, tmp_path / "mnt") as m:
+        checked = 0
+        for dirpath, dirnames, filenames in os.walk(m.mountpoint):
+            with os.scandir(dirpath) as it:
+                for entry in it:
+                    st = os.lstat(entry.path)
+                    assert entry.inode() == st.st_ino, entry.path
+                    assert entry.is_dir(follow_symlinks=False) == stat.S_ISDIR(st.st_mode)
+                    assert entry.is_symlink() == stat.S_ISLNK(st.st_mode)
+                    assert entry.is_file(follow_symlinks=False) == stat.S_ISREG(st.st_mode)
+                    checked += 1
+        assert checked == len(snapshot(src)) - 1
+        assert sorted(os.listdir(os.path.join(m.mountpoint, "dev"))) == ["null", "sda"]
