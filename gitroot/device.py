@@ -10,6 +10,7 @@ from typing import Optional
 
 from gitroot.cmdline import BootParams, read_cmdline
 from gitroot.config import Config, load_config
+from gitroot.device_args import add_device_arguments  # noqa: F401 (re-exported)
 from gitroot.state import StateStore
 
 
@@ -39,14 +40,6 @@ def open_device(config_path: Optional[str] = None, repository: Optional[str] = N
     return Device(config=config, boot=boot,
                   repository=repository or config.repository,
                   state_dir=state_dir or config.state_dir)
-
-
-def add_device_arguments(parser) -> None:
-    parser.add_argument("--config", help="configuration file (default: $GITROOT_CONFIG "
-                        "or /etc/gitroot/gitroot.yml)")
-    parser.add_argument("--repo", dest="repository", help="the device's bare repository "
-                        "(default: from the configuration)")
-    parser.add_argument("--state-dir", help="state directory (default: from the configuration)")
 
 
 def device_from_args(args) -> Device:

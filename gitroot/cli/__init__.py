@@ -1,8 +1,9 @@
 """Command-line entry point: a table of verbs, each in its own module.
 
 Each verb module defines ``add_arguments(parser)`` and ``run(args) -> int``.
-Modules are imported only when their verb runs, so ``gitroot mount`` (which
-the initramfs runs) never imports signing, HTTP or fetcher code.
+Modules are imported only when their verb runs, so ``gitroot mount`` and
+``gitroot boot-select`` (which the initramfs runs) never import signing,
+HTTP, configuration or fetcher code.
 
 ``main()`` is the only place that prints an error and picks an exit status:
 a :class:`gitroot.errors.GitrootError` becomes one line on stderr and its
@@ -38,7 +39,7 @@ def build_parser(argv: List[str]) -> argparse.ArgumentParser:
     """The parser, with arguments only for the verb named in *argv*.
 
     Only that verb's module is imported, so an unused verb's imports never
-    run (the initramfs runs ``gitroot mount`` and nothing else).
+    run (the initramfs runs ``boot-select`` and ``mount``).
     """
     parser = argparse.ArgumentParser(
         prog="gitroot",

@@ -2,13 +2,17 @@
 
 Prints the commit to mount.  Run once per boot by the initramfs, before the
 root is mounted; records the choice in /run/gitroot/booted.
+
+On the boot path (``--state-dir`` given) it imports only the command line
+parser and the state module: no configuration file, so no PyYAML.
 """
 
 import argparse
 import time
 
-from gitroot.device import add_device_arguments, device_from_args
-from gitroot.state import choose_boot, record_booted
+from gitroot.cmdline import read_cmdline
+from gitroot.device_args import add_device_arguments
+from gitroot.state import StateStore, choose_boot, record_booted
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,11 +22,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    device = device_from_args(args)
-    store = device.store(with_repo=False)
+    if args.state_dir:
+        state_dir, boot = args.state_dir, read_cmdline()
+    else:
+        from gitroot.device import device_from_args
+        device = device_from_args(args)
+        state_dir, boot = device.state_dir, device.boot
+    store = StateStore(state_dir)
     with store.locked():
         state = store.load()
-        choice = choose_boot(state, device.boot.update_revision, time.time())
+        choice = choose_boot(state, boot.update_revision, time.time())
         if not args.dry_run:
             if choice.state != state:
                 action = "abandon" if choice.state.abandoned != state.abandoned else "try"
