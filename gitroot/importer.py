@@ -22,7 +22,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pygit2
 
@@ -154,6 +154,8 @@ class Importer:
         self.entries: List[mf.Entry] = []
         self.stats = ImportStats()
         self.links: Dict[Tuple[int, int], bytes] = {}
+        #: trees and the manifest: what a mount reads before any content
+        self.metadata_objects: List[bytes] = []
         key = hashlib.sha256(self.source).hexdigest()[:16]
         self.cache = _StatCache(os.path.join(repo.path, "gitroot", f"import-cache-{key}"))
 
@@ -179,6 +181,7 @@ class Importer:
             [(go.MODE_BLOB, mf.MANIFEST_NAME, _raw(man_blob))]))
         items.append((go.MODE_TREE, mf.MANIFEST_DIR, _raw(man_tree)))
         tree = self.odb.write(go.OBJ_TREE, go.format_tree(items))
+        self.metadata_objects += [_raw(man_blob), _raw(man_tree), _raw(tree)]
         self.cache.save()
         return _raw(tree)
 
@@ -211,6 +214,7 @@ class Importer:
             if not items:
                 return None     # git drops empty trees; the manifest keeps the directory
             tree = self.odb.write(go.OBJ_TREE, go.format_tree(items))
+            self.metadata_objects.append(_raw(tree))
             return (go.MODE_TREE, name, _raw(tree))
         if stat.S_ISREG(mode):
             self.stats.files += 1
@@ -323,19 +327,22 @@ def import_directory(source: str, repo_path: str, branch: str, message: str,
     importer = Importer(repo, source)
     tree = importer.import_tree()
     commit = commit_tree(repo, tree, branch, message, signer)
-    pack_loose_objects(repo.path)
+    pack_loose_objects(repo.path, first=importer.metadata_objects)
     return ImportResult(commit=commit, tree=tree.hex(), stats=importer.stats)
 
 
-def pack_loose_objects(repo_path: str) -> bool:
-    """Move the loose objects into a new pack without deltas; False if that failed.
+def pack_loose_objects(repo_path: str, first: Sequence[bytes] = ()) -> bool:
+    """Move the loose objects into new packs without deltas; False if that failed.
 
     A mount reads a pack much faster from a cold disk than thousands of loose
     object files, and without deltas a blob is one zlib stream, as fast to
-    read as a loose one (docs/performance.md).  ``git repack`` writes the new
-    pack completely before it deletes anything, so an interruption leaves
-    the repository as it was; on any failure the objects simply stay loose,
-    which is slower but just as correct.
+    read as a loose one (docs/performance.md).  The objects in *first*
+    (trees and the manifest) get a small pack of their own, so that a cold
+    directory walk reads one compact file instead of trees scattered between
+    blobs.  ``git pack-objects`` and ``git repack`` write a pack completely
+    before anything is deleted, so an interruption leaves the repository as
+    it was; on any failure the objects simply stay loose, which is slower
+    but just as correct.
     """
     import shutil
     import subprocess
@@ -344,18 +351,26 @@ def pack_loose_objects(repo_path: str) -> bool:
     if git is None:
         log.warning("git is not installed: objects stay loose (slower mounts)")
         return False
+    commands = []
+    if first:
+        # --incremental: trees an earlier release already packed stay where they are.
+        commands.append(([git, "--git-dir", repo_path, "pack-objects", "-q", "--incremental",
+                          "--window=0", "--depth=0",
+                          os.path.join(repo_path, "objects", "pack", "pack")],
+                         b"".join(oid.hex().encode() + b"\n" for oid in first)))
     # Without -a: only the loose objects this import wrote go into a new
     # pack, so a second import of a slightly changed tree stays fast instead
     # of rewriting every release's objects (run `git gc` now and then).
-    cmd = [git, "--git-dir", repo_path, "repack", "-d", "-q",
-           "--window=0", "--depth=0"]
-    try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
-    except OSError as err:
-        log.warning("git repack failed to start: %s; objects stay loose", err)
-        return False
-    if proc.returncode != 0:
-        log.warning("git repack failed (%d): %s; objects stay loose", proc.returncode,
-                    proc.stderr.decode(errors="replace").strip()[-500:])
-        return False
+    commands.append(([git, "--git-dir", repo_path, "repack", "-d", "-q",
+                      "--window=0", "--depth=0"], b""))
+    for cmd, stdin in commands:
+        try:
+            proc = subprocess.run(cmd, input=stdin, capture_output=True)
+        except OSError as err:
+            log.warning("git failed to start: %s; objects stay loose", err)
+            return False
+        if proc.returncode != 0:
+            log.warning("git %s failed (%d): %s; objects stay loose", cmd[3],
+                        proc.returncode, proc.stderr.decode(errors="replace").strip()[-500:])
+            return False
     return True
