@@ -49,6 +49,7 @@ from typing import (TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Seq
 from urllib.parse import quote, urljoin, urlsplit
 
 from gitroot.errors import FetchError, RepositoryError, UsageError
+from gitroot.state import atomic_write
 
 if TYPE_CHECKING:  # imported at run time only where used: the verb needs no HTTP
     import pygit2
@@ -444,25 +445,8 @@ def update_index(directory: str, heads: Optional[Dict[str, str]] = None) -> Stat
             raise UsageError(f"no bundle in {directory} leads {branch} to {commit[:12]}")
         new_heads[branch] = commit
     index = StaticIndex(new_heads, tuple(entries))
-    _atomic_write(index_path, (json.dumps(index.to_json(), indent=1) + "\n").encode())
+    atomic_write(index_path, (json.dumps(index.to_json(), indent=1) + "\n").encode())
     return index
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".index-", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # -- choosing a chain ------------------------------------------------------
