@@ -133,9 +133,19 @@ class GitrootFS(fuse.Operations):
 
     # -- contents --------------------------------------------------------
 
-    # No open() and release(): libfuse answers them without Python (the mount
-    # is read-only, so the kernel refuses writing opens itself) and read()
-    # finds the file by path; see RootView.read_file.
+    def open(self, path, flags):
+        """ENOSYS, once: the kernel then stops sending OPEN and RELEASE for
+        files altogether (its ``no_open`` mode, Linux >= 4.19 — older kernels
+        just get this error on every open) and keeps their pages cached
+        (FOPEN_KEEP_CACHE is its default then).  A file's open and close then
+        cost no round trip at all; read() finds the file by path (see
+        RootView.read_file).  The mount is read-only, so the kernel refuses
+        writing opens before they get here, and permissions are checked by
+        the kernel (default_permissions).
+
+        Directories cannot do the same: libfuse 2 keeps its readdir buffer in
+        the handle OPENDIR creates."""
+        raise fuse.FuseOSError(errno.ENOSYS)
 
     def read(self, path, size, offset, fh):
         return self.view.read_file(_vpath(path), size, offset)
@@ -147,7 +157,7 @@ class GitrootFS(fuse.Operations):
 # closedir() costs no trip through Python.
 # opendir too: an unreadable directory fails at readdir() with EIO instead,
 # and a walk saves one trip through Python per directory.
-for _op in ("open", "release", "opendir", "flush", "fsync", "fsyncdir", "releasedir",
+for _op in ("release", "opendir", "flush", "fsync", "fsyncdir", "releasedir",
             "ioctl", "destroy"):
     setattr(GitrootFS, _op, None)
 
