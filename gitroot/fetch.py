@@ -26,8 +26,9 @@ repository handle and a :class:`gitroot.state.StateStore`.
 
 import logging
 import os
+import re
+import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, replace
 from typing import List, Optional
@@ -331,7 +332,6 @@ def _release_boot_files(repo: pygit2.Repository, commit: str) -> dict:
 
 
 def _version_key(name: bytes):
-    import re
     return [int(p) if p.isdigit() else p for p in re.split(rb"(\d+)", name)]
 
 
@@ -352,7 +352,6 @@ def install_boot_files(repo: pygit2.Repository, commit: str, boot_dir: str,
     _atomic_symlink(commit, os.path.join(base, "trial"))
     for entry in os.listdir(base):
         if len(entry) == 40 and entry not in keep and entry != commit:
-            import shutil
             shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
     log.info("installed %s into %s", ", ".join(sorted(files)), target)
 
@@ -384,6 +383,3 @@ def reboot() -> None:
     subprocess.run(["systemctl", "reboot"] if os.path.exists("/run/systemd/system")
                    else ["reboot"], check=False)
 
-
-def stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()
