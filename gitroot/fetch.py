@@ -197,7 +197,7 @@ class Fetcher:
                 raise RefusedReleaseError(
                     f"refusing {commit[:12]}: signed {age / 86400:.1f} days ago, more than "
                     f"the allowed {s.max_signature_age / 86400:.1f} days (a frozen server?)")
-        verdict_text = _describe(verdict)
+        verdict_text = verdict.summary()
         if state.hold:
             msg = (f"fetched {commit[:12]} ({verdict_text}) but upgrades are held by a "
                    "manual pin; run 'gitroot pin --release' to resume")
@@ -224,7 +224,7 @@ class Fetcher:
         booted directly by the boot path)."""
         s = self.settings
         commit = self._resolve_or_fetch(rev)
-        verdict_text = _describe(self._verify(commit))
+        verdict_text = self._verify(commit).summary()
         state = self.store.load()
         if s.pinned_source != "remote":
             msg = (f"update-revision {rev} is {commit[:12]} ({verdict_text}); the boot path "
@@ -280,7 +280,7 @@ class Fetcher:
         verdict = verify_revision(self.repo, commit, trust, s.policy)
         for warning in verdict.warnings:
             log.warning("%s", warning)
-        log.info("signature: %s", _describe(verdict))
+        log.info("signature: %s", verdict.summary())
         return verdict
 
 
@@ -293,11 +293,6 @@ def _git_failure(stderr: Optional[bytes], returncode: int) -> str:
         [line for line in lines if line]
     return "; ".join(dict.fromkeys(lines[-3:])) or f"git exited {returncode}"
 
-
-def _describe(verdict) -> str:
-    if verdict.verified:
-        return f"good {verdict.format} signature by {verdict.principal} ({verdict.fingerprint})"
-    return f"not verified (policy {verdict.policy})"
 
 
 def _is_static(source: str) -> bool:

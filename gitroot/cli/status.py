@@ -28,10 +28,7 @@ def _verdict(device, commit):
                             device.config.signature_policy)
     except GitrootError as err:
         return {"ok": False, "message": str(err)}
-    if v.verified:
-        return {"ok": True, "message": f"good {v.format} signature by {v.principal} "
-                                       f"({v.fingerprint})"}
-    return {"ok": True, "message": f"not verified (policy {v.policy})"}
+    return {"ok": True, "message": v.summary()}
 
 
 def collect(device, verify: bool = True) -> dict:

@@ -76,6 +76,12 @@ class Verdict:
     signed_at: Optional[int] = None     # tagger/committer time (SSH), signature time (OpenPGP)
     warnings: List[str] = field(default_factory=list)
 
+    def summary(self) -> str:
+        """One line for logs and ``gitroot status``."""
+        if self.verified:
+            return f"good {self.format} signature by {self.principal} ({self.fingerprint})"
+        return f"not verified (policy {self.policy})"
+
 
 @dataclass
 class _Target:
