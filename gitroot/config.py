@@ -93,6 +93,11 @@ class Config:
         where = self.path or f"{DEFAULT_PATH} (not present)"
         if not self.remotes:
             raise ConfigError(f"{where}: no remotes configured: nothing to fetch from")
+        self.require_trust()
+
+    def require_trust(self) -> None:
+        """Raise :class:`ConfigError` unless the policy has keys to check with."""
+        where = self.path or f"{DEFAULT_PATH} (not present)"
         keys = self.trusted_keys
         if self.signature_policy != "none" and not (keys.allowed_signers or keys.keyring):
             raise ConfigError(

@@ -5,7 +5,6 @@ import logging
 import sys
 
 from gitroot.device import add_device_arguments, device_from_args
-from gitroot.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +36,13 @@ def run(args: argparse.Namespace) -> int:
         log.info("noupgrade (from %s): not fetching", ", ".join(effective.noupgrade_sources))
         print("skipped: noupgrade")
         return 0
-    sources = [args.source] if args.source else list(config.remotes)
-    if not sources:
-        raise ConfigError("nothing to fetch from: no 'remotes' in the configuration "
-                          "and no --from")
+    if args.source:
+        sources = [args.source]
+        config.require_trust()
+    else:
+        sources = list(config.remotes)
+        config.require_fetchable()
     keys = config.trusted_keys
-    if config.signature_policy != "none" and not (keys.allowed_signers or keys.keyring):
-        raise ConfigError(f"signature_policy is {config.signature_policy} but trusted_keys "
-                          "names neither allowed_signers nor keyring")
     settings = FetchSettings(
         repository=device.repository, state_dir=device.state_dir,
         boot_dir=config.boot_dir, branch=args.branch or effective.branch,
