@@ -87,6 +87,7 @@ class RootView:
         self._nodes: Dict[bytes, Node] = {b".": self.root}
         self._logged: set = set()
         self._recent: Dict[bytes, bytes] = {}   # path -> blob, oldest first
+        self._statfs: Optional[dict] = None
 
     # -- loading ---------------------------------------------------------
 
@@ -327,13 +328,16 @@ class RootView:
         return data
 
     def statfs(self) -> dict:
-        files = len(self.manifest.entries)
-        total = sum(e.size or 0 for e in self.manifest.entries.values())
-        return {
-            "f_bsize": 4096, "f_frsize": 4096,
-            "f_blocks": (total + 4095) // 4096, "f_bfree": 0, "f_bavail": 0,
-            "f_files": files, "f_ffree": 0, "f_favail": 0, "f_namemax": 255,
-        }
+        # The commit never changes: add the sizes up once, not at every df.
+        if self._statfs is None:
+            files = len(self.manifest.entries)
+            total = sum(e.size or 0 for e in self.manifest.entries.values())
+            self._statfs = {
+                "f_bsize": 4096, "f_frsize": 4096,
+                "f_blocks": (total + 4095) // 4096, "f_bfree": 0, "f_bavail": 0,
+                "f_files": files, "f_ffree": 0, "f_favail": 0, "f_namemax": 255,
+            }
+        return self._statfs
 
     def walk(self, path: bytes = b".") -> Iterator[Tuple[bytes, Node]]:
         """Every servable entry under *path*, depth first (for tests and tools)."""

@@ -287,3 +287,15 @@ def test_directory_listing_gives_type_and_inode(sample_commit, tmp_path):
                     checked += 1
         assert checked == len(snapshot(src)) - 1
         assert sorted(os.listdir(os.path.join(m.mountpoint, "dev"))) == ["null", "sda"]
+
+
+def test_statfs_counts_the_commit(sample_commit, tmp_path):
+    src, repo, commit = sample_commit
+    expected = snapshot(src)
+    total = sum(r[4] or 0 for r in expected.values() if stat.S_ISREG(r[0]) or stat.S_ISLNK(r[0]))
+    with Mount(repo, commit, tmp_path / "mnt") as m:
+        for _ in range(2):          # the second answer comes from the cache
+            st = os.statvfs(m.mountpoint)
+            assert st.f_files == len(expected)
+            assert st.f_blocks * st.f_frsize >= total > (st.f_blocks - 1) * st.f_frsize
+            assert st.f_namemax == 255
