@@ -42,7 +42,6 @@ It prints a table and writes everything as JSON
 """
 
 import argparse
-import json
 import lzma
 import os
 import platform
@@ -54,6 +53,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from results_file import write_results  # bench/results_file.py, beside this script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
@@ -394,14 +395,7 @@ def main(argv=None) -> int:
                   git_version=output(["git", "--version"]),
                   python=args.python, machine=platform.machine())
     report(result)
-    path = args.json
-    if not path:
-        os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-        path = os.path.join(HERE, "results",
-                            f"bundle-{result['mode']}-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1, sort_keys=True)
-    print(f"results: {path}")
+    write_results(result, args.json, "bundle")
     return 0
 
 

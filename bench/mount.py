@@ -25,7 +25,6 @@ newest releases.
 """
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -35,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from results_file import write_results  # bench/results_file.py, beside this script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
@@ -556,14 +557,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    path = args.json
-    if not path:
-        os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-        path = os.path.join(HERE, "results",
-                            f"mount-{result['mode']}-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1, sort_keys=True)
-    print(f"results: {path}")
+    write_results(result, args.json, "mount")
     return 0
 
 
