@@ -5,7 +5,6 @@ Small on purpose: the boot path imports it.  Errors become
 """
 
 import os
-from typing import Optional
 
 import pygit2
 
@@ -62,6 +61,3 @@ def default_signature(repo: pygit2.Repository, role: str) -> pygit2.Signature:
             pass
     return pygit2.Signature(name or "gitroot", email or "gitroot@localhost")
 
-
-def short(oid: Optional[str]) -> str:
-    return (oid or "")[:12]
