@@ -10,9 +10,9 @@ parser and the state module: no configuration file, so no PyYAML.
 import argparse
 import time
 
-from gitroot.cmdline import read_cmdline
-from gitroot.device_args import add_device_arguments
-from gitroot.state import StateStore, choose_boot, record_booted
+from gitroot.boot.cmdline import read_cmdline
+from gitroot.cli.device_args import add_device_arguments
+from gitroot.boot.state import StateStore, choose_boot, record_booted
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     if args.state_dir:
         state_dir, boot = args.state_dir, read_cmdline()
     else:
-        from gitroot.device import device_from_args
+        from gitroot.device.context import device_from_args
         device = device_from_args(args)
         state_dir, boot = device.state_dir, device.boot
     store = StateStore(state_dir)

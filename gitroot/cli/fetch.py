@@ -4,7 +4,8 @@ import argparse
 import logging
 import sys
 
-from gitroot.device import add_device_arguments, device_from_args
+from gitroot.cli.device_args import add_device_arguments
+from gitroot.device.context import device_from_args
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gitroot.fetch import Fetcher, FetchSettings, reboot
-    from gitroot.remoteconfig import effective_settings, fetch_remote_settings
+    from gitroot.device.fetch import Fetcher, FetchSettings, reboot
+    from gitroot.device.remoteconfig import effective_settings, fetch_remote_settings
 
     device = device_from_args(args)
     config = device.config
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty() if args.progress is None else args.progress,
         pinned=effective.pinned, pinned_source=effective.pinned_source,
     )
-    from gitroot.repository import open_or_init_bare
+    from gitroot.git.repository import open_or_init_bare
     repo = open_or_init_bare(device.repository)
     outcome = Fetcher(settings, repo).run()
     print(f"{outcome.result}: {outcome.message}")

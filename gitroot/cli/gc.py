@@ -14,9 +14,10 @@ import subprocess
 
 import pygit2
 
-from gitroot.device import add_device_arguments, device_from_args
+from gitroot.cli.device_args import add_device_arguments
+from gitroot.device.context import device_from_args
 from gitroot.errors import GitrootError, UsageError
-from gitroot.state import atomic_write, booted_commit
+from gitroot.boot.state import atomic_write, booted_commit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

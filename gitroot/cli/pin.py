@@ -3,10 +3,11 @@
 import argparse
 import os
 
-from gitroot.device import add_device_arguments, device_from_args
+from gitroot.cli.device_args import add_device_arguments
+from gitroot.device.context import device_from_args
 from gitroot.errors import UsageError
-from gitroot.repository import resolve_commit
-from gitroot.state import schedule_trial
+from gitroot.git.repository import resolve_commit
+from gitroot.boot.state import schedule_trial
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.rev:
             raise UsageError("give REV to pin, or --release")
         commit = str(resolve_commit(device.repo, args.rev).id)
-        from gitroot.vfs import RootView
+        from gitroot.serve.vfs import RootView
         RootView(device.repo, commit)       # refuse what cannot be mounted
         tries = args.tries or device.config.tries
         store.save(schedule_trial(state, commit, tries, hold=True), "pin", who(), commit,

@@ -3,9 +3,10 @@
 import argparse
 
 from gitroot.cli.pin import who
-from gitroot.device import add_device_arguments, device_from_args
+from gitroot.cli.device_args import add_device_arguments
+from gitroot.device.context import device_from_args
 from gitroot.errors import UsageError
-from gitroot.state import booted_commit, schedule_trial
+from gitroot.boot.state import booted_commit, schedule_trial
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,9 +4,10 @@ import argparse
 import json
 import time
 
-from gitroot.device import add_device_arguments, device_from_args, short
+from gitroot.cli.device_args import add_device_arguments
+from gitroot.device.context import device_from_args, short
 from gitroot.errors import GitrootError
-from gitroot.state import booted_record, next_boot
+from gitroot.boot.state import booted_record, next_boot
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +53,7 @@ def collect(device, verify: bool = True) -> dict:
     base = (booted or {}).get("commit") or state.last_good
     if state.trial is not None and base and base != state.trial.commit:
         try:
-            from gitroot.diff import diff_commits
+            from gitroot.device.diff import diff_commits
             d = diff_commits(device.repo, base, state.trial.commit)
             out["pending_update"] = {"from": base, "to": state.trial.commit,
                                      "files_added": d.added, "files_removed": d.removed,

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from gitroot.cmdline import (BootParams, branch_name_problem, is_object_id,
+from gitroot.boot.cmdline import (BootParams, branch_name_problem, is_object_id,
                              parse_cmdline, read_cmdline, ref_name_problem,
                              revision_problem, split_cmdline)
 from gitroot.errors import CmdlineError, GitrootError, UsageError
@@ -241,7 +241,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 def test_boot_path_imports_only_the_standard_library():
     import sys
-    code = ("import sys, gitroot.cmdline; "
+    code = ("import sys, gitroot.boot.cmdline; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
             "('yaml', 'requests', 'pygit2', 'fuse', 'cryptography', 'urllib3')); "
             "print(','.join(bad))")

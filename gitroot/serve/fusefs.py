@@ -2,7 +2,7 @@
 
 It turns FUSE paths into view paths, view exceptions into errno values (in
 one place, :meth:`GitrootFS.__call__`), and answers every write with EROFS.
-All filesystem knowledge is in ``gitroot.vfs``.
+All filesystem knowledge is in ``gitroot.serve.vfs``.
 
 Paths cross fusepy as ``str``; fusepy is told to use latin-1, which maps
 every byte to one code point and back, so names that are not UTF-8 survive.
@@ -19,7 +19,7 @@ import errno
 import logging
 import os
 
-from gitroot.vfs import EntryError, RootView
+from gitroot.serve.vfs import EntryError, RootView
 
 try:                            # Debian's python3-fusepy names the module fusepy
     import fusepy as fuse

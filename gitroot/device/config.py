@@ -26,7 +26,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import yaml
 
-from gitroot.cmdline import BootParams, branch_name_problem
+from gitroot.boot.cmdline import BootParams, branch_name_problem
 from gitroot.errors import ConfigError
 
 DEFAULT_PATH = "/etc/gitroot/gitroot.yml"

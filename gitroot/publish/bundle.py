@@ -18,7 +18,7 @@ Publisher (``gitroot bundle``):
 * :func:`update_index` (re)writes ``DIR/index.json`` from the bundles in DIR,
   reading each one's header, size and SHA-256.
 
-Device (:func:`fetch_static`, called by :mod:`gitroot.fetch`): read the
+Device (:func:`fetch_static`, called by :mod:`gitroot.device.fetch`): read the
 index, choose the cheapest chain of bundles from a commit the device has to
 the branch's head, download each with resume (HTTP Range into a ``.part``
 file; size and SHA-256 checked at the end), decompress, check the header,
@@ -49,7 +49,7 @@ from typing import (TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Seq
 from urllib.parse import quote, urljoin, urlsplit
 
 from gitroot.errors import FetchError, RepositoryError, UsageError
-from gitroot.state import atomic_write
+from gitroot.boot.state import atomic_write
 
 if TYPE_CHECKING:  # imported at run time only where used: the verb needs no HTTP
     import pygit2

@@ -10,9 +10,9 @@ from typing import Dict, List, Optional, Tuple
 
 import pygit2
 
-from gitroot import gitobjects as go
-from gitroot import manifest as mf
-from gitroot.vfs import RootView
+from gitroot.git import objects as go
+from gitroot.git import manifest as mf
+from gitroot.serve.vfs import RootView
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """A git commit as a read-only filesystem view, with its manifest applied.
 
-This is the core the FUSE adapter (``gitroot.fusefs``) passes paths to; it
+This is the core the FUSE adapter (``gitroot.serve.fusefs``) passes paths to; it
 has no FUSE in it and is tested without a mount.  Paths are ``bytes``
 relative to the root, ``b"."`` for the root itself.
 
@@ -33,10 +33,10 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import pygit2
 
-from gitroot import gitobjects as go
-from gitroot import manifest as mf
+from gitroot.git import objects as go
+from gitroot.git import manifest as mf
 from gitroot.errors import CorruptObjectError, ManifestError, RepositoryError
-from gitroot.repository import resolve_commit
+from gitroot.git.repository import resolve_commit
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +354,7 @@ def _raw(oid) -> bytes:
 
 
 def open_view(repo_path: str, rev: str) -> RootView:
-    from gitroot.repository import open_repo
+    from gitroot.git.repository import open_repo
     try:
         return RootView(open_repo(repo_path), rev)
     except ManifestError:

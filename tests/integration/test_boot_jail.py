@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import fuse_available, gitroot_cmd
 from tests.sample_tree import compare, make_sample_tree, snapshot
-from tests.test_mount import is_mounted, wait_gone
+from tests.mounts import is_mounted, wait_gone
 
 pytestmark = [
     pytest.mark.mount,

@@ -14,10 +14,10 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from gitroot.cmdline import BootParams, parse_cmdline
-from gitroot.config import Config, RemoteConfigSource
+from gitroot.boot.cmdline import BootParams, parse_cmdline
+from gitroot.device.config import Config, RemoteConfigSource
 from gitroot.errors import ConfigError
-from gitroot.remoteconfig import (EffectiveSettings, RemoteSettings, effective_settings,
+from gitroot.device.remoteconfig import (EffectiveSettings, RemoteSettings, effective_settings,
                                   fetch_remote_settings, parse_remote_document,
                                   read_machine_id)
 
@@ -103,7 +103,7 @@ def server(monkeypatch):
 
 def fetch(server, path, caplog, **source):
     source.setdefault("timeout", 5.0)
-    with caplog.at_level(logging.WARNING, logger="gitroot.remoteconfig"):
+    with caplog.at_level(logging.WARNING, logger="gitroot.device.remoteconfig"):
         caplog.clear()
         return fetch_remote_settings(RemoteConfigSource(url=server.url(path), **source),
                                      machine_id=MACHINE_ID)
@@ -178,7 +178,7 @@ def test_connection_refused(caplog):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again below: nobody listens
-    with caplog.at_level(logging.WARNING, logger="gitroot.remoteconfig"):
+    with caplog.at_level(logging.WARNING, logger="gitroot.device.remoteconfig"):
         got = fetch_remote_settings(
             RemoteConfigSource(url=f"http://127.0.0.1:{port}/c.yml", timeout=2),
             machine_id=MACHINE_ID)
@@ -212,14 +212,14 @@ def test_machine_id_from_file(server, caplog, tmp_path):
 
 def test_no_machine_id(server, caplog, tmp_path):
     server.routes["/c.yml"] = Reply(b"noupgrade: true\n")
-    with caplog.at_level(logging.WARNING, logger="gitroot.remoteconfig"):
+    with caplog.at_level(logging.WARNING, logger="gitroot.device.remoteconfig"):
         got = fetch_remote_settings(RemoteConfigSource(url=server.url("/c.yml"), timeout=5),
                                     machine_id_path=str(tmp_path / "missing"))
     assert got.noupgrade is True  # asked without naming itself
     assert server.requests[-1][0] == "/c.yml"
     assert "no machine id" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="gitroot.remoteconfig"):
+    with caplog.at_level(logging.WARNING, logger="gitroot.device.remoteconfig"):
         got = fetch_remote_settings(
             RemoteConfigSource(url=server.url("/{machine_id}.yml"), timeout=5),
             machine_id_path=str(tmp_path / "missing"))
@@ -236,7 +236,7 @@ def test_redirect_is_followed(server, caplog):
 
 
 def test_no_url_configured_is_silent(caplog):
-    with caplog.at_level(logging.DEBUG, logger="gitroot.remoteconfig"):
+    with caplog.at_level(logging.DEBUG, logger="gitroot.device.remoteconfig"):
         assert fetch_remote_settings(RemoteConfigSource(url=None)) is None
     assert not caplog.records
 

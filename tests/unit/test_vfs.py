@@ -1,15 +1,18 @@
 """The filesystem view on repositories built in tmp_path: no FUSE here."""
 
 import os
+
 import stat
 
 import pygit2
 import pytest
 
-from gitroot import gitobjects as go
+from tests.conftest import REPO_ROOT
+
+from gitroot.git import objects as go
 from gitroot.errors import ManifestError, RepositoryError, SourceError
-from gitroot.importer import import_directory
-from gitroot.vfs import EntryError, RootView, open_view
+from gitroot.publish.importer import import_directory
+from gitroot.serve.vfs import EntryError, RootView, open_view
 from tests import craft
 from tests.sample_tree import make_sample_tree, snapshot
 
@@ -142,7 +145,7 @@ def test_commit_names_the_path_it_cannot_read(what, message):
             os.setgid(65534)
             os.setuid(65534)
 
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = REPO_ROOT
         proc = subprocess.run(
             [sys.executable, "-m", "gitroot", "commit", src, "--repo",
              os.path.join(base, "r.git"), "--branch", "main"],

@@ -1,7 +1,7 @@
 """Publishing: a directory tree -> git blobs, trees, a manifest and a commit.
 
 Git keeps contents, names, symlinks and the 644/755 bit; everything else a
-root filesystem needs goes into the manifest (see ``gitroot.manifest``),
+root filesystem needs goes into the manifest (see ``gitroot.git.manifest``),
 committed at ``.gitroot/manifest`` in the same tree, so one commit id pins
 both the bytes and the metadata and one signature covers both.
 
@@ -26,10 +26,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pygit2
 
-from gitroot import gitobjects as go
-from gitroot import manifest as mf
+from gitroot.git import objects as go
+from gitroot.git import manifest as mf
 from gitroot.errors import RepositoryError, SourceError
-from gitroot.repository import default_signature, open_or_init_bare
+from gitroot.git.repository import default_signature, open_or_init_bare
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import gitroot_cmd
-from gitroot.bundle import (BundleEntry, StaticIndex, choose_chain, fetch_static,
+from gitroot.publish.bundle import (BundleEntry, StaticIndex, choose_chain, fetch_static,
                             parse_bundle_header, parse_index)
 from gitroot.errors import FetchError
 
@@ -497,7 +497,7 @@ def test_no_tmp_files_left_by_a_failed_bundle(releases, tmp_path):
 def test_gitroot_fetch_from_a_static_directory(tmp_path, static_http_server):
     """Signed releases published with --publish reach a device through
     ``gitroot fetch`` (the fetcher's checks and pins, docs/operations.md)."""
-    from tests.test_lifecycle import Device, Publisher
+    from tests.lifecycle_support import Device, Publisher
 
     publisher = Publisher(tmp_path, static_http_server)
     site = static_http_server.document_root

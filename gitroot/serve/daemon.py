@@ -22,7 +22,7 @@ directory under /run, which moves along with /run) and chroots there.  It
 also sets argv[0][0] to '@', which systemd's shutdown takes as "a root
 storage daemon: do not kill".
 
-Threading: the daemon runs one FUSE thread; see ``gitroot.fusefs``.
+Threading: the daemon runs one FUSE thread; see ``gitroot.serve.fusefs``.
 """
 
 import ctypes
@@ -37,7 +37,7 @@ import time
 from typing import Optional
 
 from gitroot.errors import MountError
-from gitroot.vfs import RootView, open_view
+from gitroot.serve.vfs import RootView, open_view
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def mount(repo_path: str, rev: str, mountpoint: str, foreground: bool = False,
 
 def _serve(view: RootView, mountpoint: str, allow_other: bool, on_ready, debug: bool,
            suid: bool = False) -> None:
-    from gitroot.fusefs import run_fuse
+    from gitroot.serve.fusefs import run_fuse
     _fixed_mmap_threshold()
     try:
         run_fuse(view, mountpoint, allow_other, on_ready=on_ready, debug=debug, suid=suid)
@@ -223,7 +223,7 @@ _MS_BIND = 4096
 # Modules the daemon may import after it entered the jail, where the
 # initramfs's Python files are gone: exception logging (traceback reads
 # sources through linecache and tokenize) and the codecs fusepy uses.
-_LATE_IMPORTS = ("traceback", "linecache", "tokenize", "encodings.latin_1",
+LATE_IMPORTS = ("traceback", "linecache", "tokenize", "encodings.latin_1",
                  "encodings.utf_8")
 
 
@@ -258,7 +258,7 @@ def _bind_mount(source: str, target: str, flags: int) -> None:
 
 def _enter_jail(jail: str) -> None:
     """Import what is still to be imported, then chroot into *jail*."""
-    for name in _LATE_IMPORTS:
+    for name in LATE_IMPORTS:
         importlib.import_module(name)
     _mark_root_storage_daemon()
     os.chroot(jail)

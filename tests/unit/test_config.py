@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from gitroot.cmdline import parse_cmdline
-from gitroot.config import (DEFAULT_PATH, Config, RemoteConfigSource, TrustedKeys,
+from gitroot.boot.cmdline import parse_cmdline
+from gitroot.device.config import (DEFAULT_PATH, Config, RemoteConfigSource, TrustedKeys,
                             config_path, load_config, parse_config, parse_duration)
 from gitroot.errors import ConfigError, UsageError
 

@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 
-UNITS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "systemd")
+from tests.conftest import REPO_ROOT
+UNITS = os.path.join(REPO_ROOT, "systemd")
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")

@@ -8,10 +8,9 @@ the kernel command line are read once; the repository is opened on demand.
 from dataclasses import dataclass, field
 from typing import Optional
 
-from gitroot.cmdline import BootParams, read_cmdline
-from gitroot.config import Config, load_config
-from gitroot.device_args import add_device_arguments  # noqa: F401 (re-exported)
-from gitroot.state import StateStore
+from gitroot.boot.cmdline import BootParams, read_cmdline
+from gitroot.device.config import Config, load_config
+from gitroot.boot.state import StateStore
 
 
 @dataclass
@@ -25,7 +24,7 @@ class Device:
     @property
     def repo(self):
         if self._repo is None:
-            from gitroot.repository import open_repo
+            from gitroot.git.repository import open_repo
             self._repo = open_repo(self.repository)
         return self._repo
 

@@ -347,7 +347,7 @@ def test_unmountable_trial_falls_back_within_the_boot(built, tmp_path):
     """A trial that cannot even be mounted (here: its commit is not in the
     repository) costs no reboot: the boot script uses up its tries and
     boot-select hands it the last good release."""
-    from gitroot.state import StateStore, schedule_trial
+    from gitroot.boot.state import StateStore, schedule_trial
 
     missing = "0123456789abcdef0123456789abcdef01234567"
     image_dir = tmp_path / "disk"

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from gitroot import __version__
-from gitroot.cmdline import BootParams, branch_name_problem, revision_problem
-from gitroot.config import Config, RemoteConfigSource, load_yaml
+from gitroot.boot.cmdline import BootParams, branch_name_problem, revision_problem
+from gitroot.device.config import Config, RemoteConfigSource, load_yaml
 from gitroot.errors import ConfigError
 
 if TYPE_CHECKING:  # requests is imported only when a document is fetched

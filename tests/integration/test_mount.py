@@ -2,6 +2,7 @@
 
 import errno
 import os
+
 import signal
 import stat
 import subprocess
@@ -10,10 +11,11 @@ import time
 import pygit2
 import pytest
 
-from gitroot import gitobjects as go
+from gitroot.git import objects as go
 from tests import craft
-from tests.conftest import fuse_available, gitroot_cmd
+from tests.conftest import REPO_ROOT, fuse_available, gitroot_cmd
 from tests.rootfs import debian_minbase
+from tests.mounts import Mount, is_mounted, wait_gone
 from tests.sample_tree import compare, make_sample_tree, snapshot
 
 pytestmark = [
@@ -22,57 +24,6 @@ pytestmark = [
 ]
 
 
-def is_mounted(path):
-    path = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
-
-
-class Mount:
-    def __init__(self, repo, rev, mountpoint, log_file=None):
-        self.mountpoint = str(mountpoint)
-        os.makedirs(self.mountpoint, exist_ok=True)
-        self.pid_file = self.mountpoint + ".pid"
-        args = ["mount", "--repo", repo, rev, self.mountpoint, "--pid-file", self.pid_file]
-        if log_file:
-            args += ["--log-file", log_file]
-        gitroot_cmd(*args)
-        with open(self.pid_file) as f:
-            self.pid = int(f.read())
-
-    def unmount(self):
-        if is_mounted(self.mountpoint):
-            subprocess.run(["fusermount", "-u", self.mountpoint], check=True)
-        wait_gone(self.pid)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.unmount()
-
-
-def alive(pid):
-    """True while *pid* runs (a zombie waiting for init to reap it has ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_gone(pid, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                return
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"daemon {pid} still running")
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +103,7 @@ def test_foreground_mount(sample_commit, tmp_path):
     _, repo, commit = sample_commit
     mp = tmp_path / "mnt"
     mp.mkdir()
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     import sys
     proc = subprocess.Popen([sys.executable, "-m", "gitroot", "mount", "--repo", repo,
                              commit, str(mp), "--foreground"], env=env)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gitroot import manifest as mf
+from gitroot.git import manifest as mf
 from gitroot.errors import ManifestError
 
 ROOT = mf.Entry(b".", "d", 0o755, 0, 0, 1_700_000_000_000_000_000)

@@ -36,7 +36,7 @@ from typing import List, Optional
 import pygit2
 
 from gitroot.errors import (FetchError, GitrootError, RefusedReleaseError, SignatureError)
-from gitroot.state import FetchRecord, StateStore, atomic_write, booted_commit, schedule_trial
+from gitroot.boot.state import FetchRecord, StateStore, atomic_write, booted_commit, schedule_trial
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class Fetcher:
             log.info("fetching %s from %s", s.branch, source)
             try:
                 if _is_static(source):
-                    from gitroot.bundle import fetch_static
+                    from gitroot.publish.bundle import fetch_static
                     state = self.store.load()
                     have = [c for c in (state.last_good, state.trial and state.trial.commit)
                             if c]
@@ -246,7 +246,7 @@ class Fetcher:
         return FetchOutcome("pinned", msg, commit)
 
     def _resolve_or_fetch(self, rev: str) -> str:
-        from gitroot.repository import resolve_commit
+        from gitroot.git.repository import resolve_commit
         from gitroot.errors import RepositoryError
         try:
             return str(resolve_commit(self.repo, rev).id)
@@ -307,7 +307,7 @@ KERNEL_NAMES = (b"vmlinuz", b"initrd.img")
 
 def _release_boot_files(repo: pygit2.Repository, commit: str) -> dict:
     """{name: bytes} of the release's kernel and initrd (newest in /boot)."""
-    from gitroot.vfs import EntryError, RootView
+    from gitroot.serve.vfs import EntryError, RootView
     view = RootView(repo, commit)
     found = {}
     try:
