@@ -16,7 +16,8 @@ Recognised options (see docs/configuration.md):
     a flag: fetch nothing and keep the current release.
 ``gitroot.KEY=VALUE``
     namespaced options, all kept in :attr:`BootParams.options`; the known
-    keys (``repo``, ``root``, ``rootfstype``, ``rootflags``, ``config``) are
+    keys (``repo``, ``root``, ``rootfstype``, ``rootflags``, ``config``,
+    ``commit``) are
     checked and also exposed as fields.  Unknown ``gitroot.*`` keys are kept
     but are not errors, so that an older release booted by rollback still
     boots under a bootloader entry written for a newer one.
@@ -48,6 +49,7 @@ NAMESPACE = "gitroot."
 _KERNEL_SPACE = frozenset(" \t\n\v\f\r")
 
 _HEX_ID = re.compile(r"[0-9a-fA-F]{4,64}")
+_FULL_HEX_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _FSTYPE = re.compile(r"[a-z0-9][a-z0-9_.+-]*")
 _DEVICE_TAGS = ("UUID=", "PARTUUID=", "LABEL=", "PARTLABEL=")
 
@@ -72,6 +74,9 @@ class BootParams:
     """``gitroot.rootflags=``: mount options for that device."""
     config: Optional[str] = None
     """``gitroot.config=``: absolute path of the configuration file."""
+    commit: Optional[str] = None
+    """``gitroot.commit=``: the release a boot loader entry was written for
+    (a full hex commit id); the initramfs mounts exactly this commit."""
     options: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """Every ``gitroot.KEY=VALUE``, keyed by KEY without the prefix."""
 
@@ -173,6 +178,7 @@ def parse_cmdline(text: str) -> BootParams:
         rootfstype=options.get("rootfstype"),
         rootflags=options.get("rootflags"),
         config=options.get("config"),
+        commit=options.get("commit"),
         options=MappingProxyType(options),
     )
 
@@ -303,6 +309,12 @@ def _device_problem(device: str) -> Optional[str]:
     return "it is neither /dev/NAME nor UUID=, PARTUUID=, LABEL= or PARTLABEL="
 
 
+def _full_commit_problem(commit: str) -> Optional[str]:
+    if _FULL_HEX_ID.fullmatch(commit):
+        return None
+    return "it is not a full commit id (40 or 64 lowercase hex digits)"
+
+
 def _fstype_problem(fstype: str) -> Optional[str]:
     return None if _FSTYPE.fullmatch(fstype) else "it is not a filesystem type name"
 
@@ -324,6 +336,7 @@ _NAMESPACED: Dict[str, Tuple[str, _Problem]] = {
     "rootfstype": ("TYPE", _fstype_problem),
     "rootflags": ("OPTIONS", _flags_problem),
     "config": ("PATH", _absolute_path_problem),
+    "commit": ("COMMIT", _full_commit_problem),
 }
 
 

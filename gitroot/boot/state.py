@@ -19,6 +19,13 @@ pin (``gitroot log``).
    the last good release.
 4. Otherwise the last good release.
 
+When a boot loader chose (``gitroot.commit=SHA`` on its entry's command
+line), the boot path agrees with it: that commit is booted, whatever the
+state would have chosen.  The boot loader counts the trial's tries itself;
+the state's count is kept in step (a try is consumed when the loader boots
+the trial), and a trial whose tries are used up is abandoned when the loader
+falls back to the last good release.
+
 Threading/processes: every read-modify-write holds ``STATE_DIR/lock``
 (flock), so a fetch, a boot and an operator never interleave.
 """
@@ -98,16 +105,23 @@ class State:
 @dataclass(frozen=True)
 class BootChoice:
     commit: str
-    reason: str                 # one of: debug-pin, trial, last-good
+    reason: str                 # one of: debug-pin, trial, last-good, loader
     detail: str
     state: State                # the state after this choice (a try consumed)
 
 
-def choose_boot(state: State, update_revision: Optional[str], now: float) -> BootChoice:
-    """What to boot, and the state that results (pure)."""
+def choose_boot(state: State, update_revision: Optional[str], now: float,
+                loader_commit: Optional[str] = None) -> BootChoice:
+    """What to boot, and the state that results (pure).
+
+    *loader_commit* is the commit a boot loader's entry named
+    (``gitroot.commit=``): it is booted as the loader decided.
+    """
     if update_revision:
         return BootChoice(update_revision, "debug-pin",
                           "update-revision= on the kernel command line", state)
+    if loader_commit:
+        return _agree_with_loader(state, loader_commit)
     trial = state.trial
     if trial is not None and trial.tries_left > 0:
         left = trial.tries_left - 1
@@ -123,6 +137,25 @@ def choose_boot(state: State, update_revision: Optional[str], now: float) -> Boo
     if state.last_good is None:
         raise StateError("nothing to boot: no trial with tries left and no last good release")
     return BootChoice(state.last_good, "last-good", detail, state)
+
+
+def _agree_with_loader(state: State, commit: str) -> BootChoice:
+    trial = state.trial
+    if trial is not None and trial.commit == commit:
+        left = max(trial.tries_left - 1, 0)
+        new = replace(state, trial=replace(trial, tries_left=left))
+        return BootChoice(commit, "trial", f"trial chosen by the boot loader, try "
+                          f"{min(trial.tries - left, trial.tries)} of {trial.tries}", new)
+    if commit == state.last_good:
+        if trial is not None and trial.tries_left == 0:
+            return BootChoice(commit, "last-good",
+                              f"trial {trial.commit[:12]} abandoned after {trial.tries} tries "
+                              "without being marked good; the boot loader fell back",
+                              replace(state, trial=None, abandoned=trial))
+        return BootChoice(commit, "last-good", "last good release (chosen by the boot loader)",
+                          state)
+    what = "previous good release" if commit == state.previous_good else "release"
+    return BootChoice(commit, "loader", f"{what} chosen in the boot loader's menu", state)
 
 
 def next_boot(state: State, update_revision: Optional[str] = None) -> Optional[BootChoice]:

@@ -18,6 +18,7 @@ from typing import List, Optional
 
 # verb -> (module, one-line help).  Keep sorted by life-cycle, not alphabet.
 VERBS = {
+    "install-image": ("gitroot.cli.install_image", "put gitroot into an image's root tree"),
     "commit": ("gitroot.cli.commit", "import a root filesystem tree as a commit"),
     "mount": ("gitroot.cli.mount", "serve a commit read-only through FUSE"),
     "fetch": ("gitroot.cli.fetch", "fetch, check and pin the next release"),
@@ -28,6 +29,8 @@ VERBS = {
     "rollback": ("gitroot.cli.rollback", "back to the previous good release"),
     "mark-good": ("gitroot.cli.mark_good", "the booted trial becomes the last good release"),
     "gc": ("gitroot.cli.gc", "prune old releases"),
+    "boot-entries": ("gitroot.cli.boot_entries",
+                     "install kernels and write the boot loader's entries"),
     "boot-select": ("gitroot.cli.boot_select", "choose what this boot mounts (initramfs)"),
     "bundle": ("gitroot.cli.bundle", "write a compressed bundle for a static HTTP directory"),
     "tag": ("gitroot.cli.tag", "make a signed annotated tag of a commit"),

@@ -31,11 +31,15 @@ def run(args: argparse.Namespace) -> int:
     store = StateStore(state_dir)
     with store.locked():
         state = store.load()
-        choice = choose_boot(state, boot.update_revision, time.time())
+        choice = choose_boot(state, boot.update_revision, time.time(), boot.commit)
         if not args.dry_run:
             if choice.state != state:
-                action = "abandon" if choice.state.abandoned != state.abandoned else "try"
-                store.save(choice.state, action, "boot", choice.commit, choice.detail)
+                if choice.state.abandoned != state.abandoned:
+                    # the entry names the release given up, not the one booted instead
+                    store.save(choice.state, "abandon", "boot", choice.state.abandoned.commit,
+                               choice.detail)
+                else:
+                    store.save(choice.state, "try", "boot", choice.commit, choice.detail)
             record_booted(choice)
     print(choice.commit)
     return 0

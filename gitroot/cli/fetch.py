@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         allow_downgrade=args.allow_downgrade,
         progress=sys.stderr.isatty() if args.progress is None else args.progress,
         pinned=effective.pinned, pinned_source=effective.pinned_source,
+        bootloader=config.bootloader.type, cmdline=config.bootloader.cmdline,
     )
     from gitroot.git.repository import open_or_init_bare
     repo = open_or_init_bare(device.repository)

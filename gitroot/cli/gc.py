@@ -18,6 +18,7 @@ from gitroot.cli.device_args import add_device_arguments
 from gitroot.device.context import device_from_args
 from gitroot.errors import GitrootError, UsageError
 from gitroot.boot.state import atomic_write, booted_commit
+from gitroot.device.bootloader import sync_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,5 +57,7 @@ def run(args: argparse.Namespace) -> int:
             proc = subprocess.run(["git", "-C", repo.path] + cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise GitrootError(f"git {' '.join(cmd)} failed: {proc.stderr.strip()}")
+        # the loader keeps entries (and boot files) for the kept roles only
+        sync_device(device, state)
     print(f"kept {len(keep)} releases: " + ", ".join(sorted(c[:12] for c in keep)))
     return 0

@@ -5,6 +5,7 @@ import argparse
 from gitroot.cli.device_args import add_device_arguments
 from gitroot.device.context import device_from_args
 from gitroot.boot.state import booted_commit, mark_good
+from gitroot.device.bootloader import abandon_if_loader_gave_up, sync_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,10 +20,15 @@ def run(args: argparse.Namespace) -> int:
     with store.locked():
         state = store.load()
         booted = args.booted or booted_commit()
+        cfg = device.config
+        state = abandon_if_loader_gave_up(store, state, cfg.bootloader.type, cfg.boot_dir,
+                                          booted, "mark-good")
         new = mark_good(state, booted)
         if new == state:
+            sync_device(device, new)
             print(f"{booted[:12]} is already the last good release")
             return 0
         store.save(new, "good", "mark-good", booted, "booted trial marked good")
+        sync_device(device, new)
     print(f"{booted[:12]} is now the last good release")
     return 0

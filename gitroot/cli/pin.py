@@ -8,6 +8,7 @@ from gitroot.device.context import device_from_args
 from gitroot.errors import UsageError
 from gitroot.git.repository import resolve_commit
 from gitroot.boot.state import schedule_trial
+from gitroot.device.bootloader import sync_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
             from dataclasses import replace
             store.save(replace(state, hold=False), "release", who(), None,
                        "upgrades resumed")
+            sync_device(device, replace(state, hold=False))
             print("upgrades resumed")
             return 0
         if not args.rev:
@@ -39,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
         from gitroot.serve.vfs import RootView
         RootView(device.repo, commit)       # refuse what cannot be mounted
         tries = args.tries or device.config.tries
-        store.save(schedule_trial(state, commit, tries, hold=True), "pin", who(), commit,
-                   f"pinned {args.rev} by hand; upgrades held")
+        new = schedule_trial(state, commit, tries, hold=True)
+        store.save(new, "pin", who(), commit, f"pinned {args.rev} by hand; upgrades held")
+        sync_device(device, new)
     print(f"pinned {commit[:12]} for the next boot ({tries} tries, then back to the last "
           "good release); upgrades held until 'gitroot pin --release'")
     return 0

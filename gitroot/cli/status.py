@@ -32,6 +32,22 @@ def _verdict(device, commit):
     return {"ok": True, "message": v.summary()}
 
 
+def _boot_loader(device):
+    from gitroot.device.bootloader import loader_status
+    cfg = device.config
+    try:
+        status = loader_status(cfg.bootloader.type, cfg.boot_dir)
+    except GitrootError as err:
+        return {"type": cfg.bootloader.type, "error": str(err)}
+    if status is None:
+        return None
+    return {"type": status.loader, "default": status.default,
+            "default_role": status.default_role,
+            "trial": None if status.trial is None else
+            {"commit": status.trial.commit, "tries_left": status.trial.tries},
+            "entries": status.entries}
+
+
 def collect(device, verify: bool = True) -> dict:
     store = device.store(with_repo=False)
     state = store.load()
@@ -49,6 +65,7 @@ def collect(device, verify: bool = True) -> dict:
         "last_fetch": None if state.last_fetch is None else dict(vars(state.last_fetch)),
         "pending_update": None,
         "signatures": {},
+        "boot_loader": _boot_loader(device),
     }
     base = (booted or {}).get("commit") or state.last_good
     if state.trial is not None and base and base != state.trial.commit:
@@ -99,6 +116,16 @@ def run(args: argparse.Namespace) -> int:
     if info["abandoned"]:
         a = info["abandoned"]
         print(f"abandoned:     {short(a['commit'])} (ran out of {a['tries']} tries)")
+    bl = info["boot_loader"]
+    if bl and "error" in bl:
+        print(f"boot loader:   {bl['type']}: {bl['error']}")
+    elif bl:
+        line = f"boot loader:   {bl['type']}, boots next: {short(bl['default'])} " \
+               f"({bl['default_role'] or 'no entry'})"
+        if bl["trial"]:
+            line += f"; trial {short(bl['trial']['commit'])}: " \
+                    f"{bl['trial']['tries_left']} tries left"
+        print(line)
     f = info["last_fetch"]
     if f:
         print(f"last fetch:    {_when(f['time'])}: {f['result']}: {f['message']}")

@@ -34,6 +34,7 @@ ENV_PATH = "GITROOT_CONFIG"
 
 SIGNATURE_POLICIES = ("strict", "sloppy", "none")
 REMOTE_SCHEMES = ("http://", "https://", "file://")
+BOOT_LOADERS = ("none", "grub", "systemd-boot")
 
 _DURATION = re.compile(r"([0-9]+)\s*([smhdw]?)")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -62,6 +63,17 @@ class RemoteConfigSource:
 
 
 @dataclass(frozen=True)
+class BootLoaderSettings:
+    """Which boot loader starts a release's kernel, and with what command line."""
+
+    type: str = "none"
+    """``grub``, ``systemd-boot`` or ``none`` (the kernel is chosen some other
+    way, e.g. QEMU ``-kernel``; the initramfs counts the tries alone)."""
+    cmdline: str = ""
+    """Kernel command line of every entry; ``gitroot.commit=SHA`` is added."""
+
+
+@dataclass(frozen=True)
 class Config:
     """The effective content of the configuration file, defaults filled in."""
 
@@ -74,7 +86,9 @@ class Config:
     state_dir: str = "/var/lib/gitroot/state"
     """Pins, tries and fetch results; defaults to ``state`` next to the repository."""
     boot_dir: str = "/boot"
-    """Where the kernel and initrd of a pinned release are installed."""
+    """Where the kernel and initrd of a pinned release are installed: where the
+    boot loader reads them (the medium's ``boot`` or the ESP), never the overlay."""
+    bootloader: BootLoaderSettings = field(default_factory=BootLoaderSettings)
     trusted_keys: TrustedKeys = field(default_factory=TrustedKeys)
     signature_policy: str = "strict"
     """``strict``, ``sloppy`` or ``none``: see docs/signing.md."""
@@ -364,6 +378,23 @@ def _config_from(data: Dict[Any, Any], source: str) -> Config:
 
     noupgrade = top.boolean("noupgrade", Config.noupgrade)
 
+    loader = top.section("bootloader")
+    loader_type = loader.string("type", BootLoaderSettings.type)
+    if loader_type not in BOOT_LOADERS:
+        raise loader.fail("type", f"must be one of {', '.join(BOOT_LOADERS)}, "
+                          f"not {loader_type!r}")
+    loader_cmdline = loader.take("cmdline")
+    if loader_cmdline is None:
+        loader_cmdline = ""
+    elif not isinstance(loader_cmdline, str):
+        raise loader.fail("cmdline", f"must be a string, not {_type_name(loader_cmdline)}")
+    elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in loader_cmdline):
+        raise loader.fail("cmdline", "holds a control character")
+    elif "gitroot.commit=" in loader_cmdline:
+        raise loader.fail("cmdline", "must not name gitroot.commit= (each entry adds its own)")
+    loader.finish()
+    bootloader = BootLoaderSettings(type=loader_type or "none", cmdline=loader_cmdline)
+
     remote = top.section("remote_config")
     url = remote.string("url", None)
     if url is not None and not url.startswith(("http://", "https://")):
@@ -378,6 +409,7 @@ def _config_from(data: Dict[Any, Any], source: str) -> Config:
 
     return Config(remotes=remotes, branch=branch, repository=repository,
                   state_dir=state_dir or default_state, boot_dir=boot_dir or Config.boot_dir,
+                  bootloader=bootloader,
                   trusted_keys=trusted_keys, signature_policy=policy or "strict",
                   tries=tries, max_signature_age=max_age, noupgrade=noupgrade,
                   remote_config=remote_config, path=source)

@@ -1,0 +1,260 @@
+"""Put gitroot into an image's root tree (``gitroot install-image ROOT``).
+
+What a device needs, installed the one way the documentation describes and
+the QEMU boot tests use:
+
+- the ``gitroot`` package in ``ROOT/usr/lib/python3/dist-packages``,
+  compiled by the image's own python3, and the ``/usr/bin/gitroot`` command
+  the systemd units and operators call;
+- the initramfs hook and boot script, and ``FSTYPE=ext4`` so initramfs-tools
+  copies the medium's fsck;
+- the systemd units, enabled, with drop-ins that keep systemd from trying
+  to unmount what the FUSE daemon still serves at shutdown;
+- ``/etc/gitroot/gitroot.yml`` (unless the image has one) naming the medium
+  where the initramfs leaves it, the key locations of docs/signing.md and the
+  boot loader;
+- a check that the image holds the Debian packages gitroot runs with
+  (:data:`RUNTIME_PACKAGES`): a missing one is named before the image ships.
+
+It runs on the build host, as root when ``--update-initramfs`` asks for a
+chroot.  Nothing here runs on the device.
+"""
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Tuple
+
+from gitroot.errors import GitrootError, UsageError
+
+log = logging.getLogger(__name__)
+
+PYTHON_DIR = "usr/lib/python3/dist-packages"
+UNIT_DIR = "usr/lib/systemd/system"
+UNITS = ("gitroot-fetch.service", "gitroot-fetch.timer", "gitroot-mark-good.service")
+ENABLE = {"gitroot-fetch.service": "multi-user.target.wants",
+          "gitroot-mark-good.service": "multi-user.target.wants",
+          "gitroot-fetch.timer": "timers.target.wants"}
+
+#: (Debian package, a path in the image that shows it is installed)
+RUNTIME_PACKAGES: Tuple[Tuple[str, str], ...] = (
+    ("python3", "usr/bin/python3"),
+    ("python3-pygit2", f"{PYTHON_DIR}/pygit2"),
+    ("python3-fusepy", f"{PYTHON_DIR}/fuse.py"),
+    ("python3-cffi-backend", f"{PYTHON_DIR}/_cffi_backend.cpython-*.so"),
+    ("python3-yaml", f"{PYTHON_DIR}/yaml"),
+    ("python3-requests", f"{PYTHON_DIR}/requests"),
+    ("python3-cryptography", f"{PYTHON_DIR}/cryptography"),
+    ("fuse", "usr/bin/fusermount"),
+    ("git", "usr/bin/git"),
+    ("initramfs-tools", "usr/sbin/update-initramfs"),
+    ("ca-certificates", "etc/ssl/certs/ca-certificates.crt"),
+    ("e2fsprogs", "sbin/e2fsck"),
+)
+
+# Mount points the FUSE daemon keeps busy until power-off (it is spared by
+# systemd's shutdown, see docs/boot.md): without DefaultDependencies=no,
+# systemd tries to unmount each at shutdown, fails, and prints FAILED.
+# systemd-shutdown remounts what is left read-only at the very end.
+KEPT_MOUNTS = ("run-gitroot-medium.mount", "run-gitroot-lower.mount",
+               "run-gitroot-overlay.mount", "run-gitroot-jail.mount",
+               "run-gitroot-jail-run-gitroot-medium-gitroot-repo.git.mount")
+KEPT_MOUNT_DROPIN = """\
+# Installed by gitroot install-image.  The FUSE daemon that serves the root
+# keeps this mount busy until power-off; stopping it at shutdown can only
+# fail (and print FAILED).  systemd-shutdown remounts it read-only last.
+[Unit]
+DefaultDependencies=no
+"""
+
+DEFAULT_CONFIG = """\
+# gitroot's device configuration (docs/configuration.md), written by
+# gitroot install-image.  The initramfs leaves the persistent medium at
+# /run/gitroot/medium.
+repository: /run/gitroot/medium/gitroot/repo.git
+state_dir: /run/gitroot/medium/gitroot/state
+# where the boot loader reads the kernels and initrds of kept releases
+boot_dir: {boot_dir}
+bootloader:
+  type: {loader}
+  cmdline: "{cmdline}"
+# the release keys (docs/signing.md); put the file there
+trusted_keys:
+  allowed_signers: /etc/gitroot/allowed_signers
+signature_policy: strict
+# where releases come from: set at least one
+remotes: {remotes}
+"""
+
+
+@dataclass
+class ImageSettings:
+    root: str
+    bootloader: str = "none"
+    cmdline: str = "boot=gitroot gitroot.root=LABEL=gitroot gitroot.rootfstype=ext4 panic=10"
+    boot_dir: Optional[str] = None
+    remotes: Tuple[str, ...] = ()
+    update_initramfs: bool = False
+    check_packages: bool = True
+
+
+def data_dir() -> str:
+    """Where the hook, boot script and units are: the source checkout this
+    package runs from, or ``share/gitroot`` of a ``pip install``."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    candidates = [os.path.dirname(os.path.dirname(package)),
+                  os.path.join(sys.prefix, "share", "gitroot"),
+                  "/usr/local/share/gitroot", "/usr/share/gitroot"]
+    for candidate in candidates:
+        if os.path.isfile(os.path.join(candidate, "hooks", "gitroot")) and \
+                os.path.isfile(os.path.join(candidate, "initramfs", "gitroot")):
+            return candidate
+    raise GitrootError("cannot find gitroot's hook, boot script and units (run from a "
+                       "source checkout, or pip install it with its data files)")
+
+
+def missing_packages(root: str) -> List[str]:
+    import glob
+    return [package for package, path in RUNTIME_PACKAGES
+            if not glob.glob(os.path.join(root, path))]
+
+
+def install_image(settings: ImageSettings) -> List[str]:
+    """Install into ``settings.root``; returns what was done, one line each."""
+    root = os.path.abspath(settings.root)
+    if not os.path.isdir(os.path.join(root, "etc")) or \
+            not os.path.isdir(os.path.join(root, "usr")):
+        raise UsageError(f"{root} does not look like a root filesystem tree (no etc/, usr/)")
+    if settings.check_packages:
+        missing = missing_packages(root)
+        if missing:
+            raise UsageError(f"{root} lacks packages gitroot needs: {' '.join(missing)} "
+                             f"(apt-get install {' '.join(missing)} in the image)")
+    data = data_dir()
+    done = []
+    done.append(_install_package(root))
+    done.append(_install_command(root))
+    done += _install_boot_path(root, data)
+    done += _install_units(root, data)
+    done.append(_install_config(root, settings))
+    if settings.update_initramfs:
+        done.append(_update_initramfs(root))
+    return done
+
+
+def _install_package(root: str) -> str:
+    source = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    target = os.path.join(root, PYTHON_DIR, "gitroot")
+    if os.path.exists(target):
+        shutil.rmtree(target)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    # compiled by the image's own python3: the initramfs gets the .pyc files
+    # and no boot spends time compiling
+    _in_root(root, ["python3", "-m", "compileall", "-q", f"/{PYTHON_DIR}/gitroot"])
+    return f"installed the gitroot package into /{PYTHON_DIR}/gitroot (compiled)"
+
+
+def _install_command(root: str) -> str:
+    path = os.path.join(root, "usr/bin/gitroot")
+    with open(path, "w") as f:
+        f.write("#!/usr/bin/python3\n"
+                "# gitroot's command, installed by gitroot install-image\n"
+                "import sys\n\n"
+                "from gitroot.cli import main\n\n"
+                "sys.exit(main())\n")
+    os.chmod(path, 0o755)
+    return "installed /usr/bin/gitroot"
+
+
+def _install_boot_path(root: str, data: str) -> List[str]:
+    hook = os.path.join(root, "usr/share/initramfs-tools/hooks/gitroot")
+    script = os.path.join(root, "usr/share/initramfs-tools/scripts/gitroot")
+    for source, target, mode in ((os.path.join(data, "hooks", "gitroot"), hook, 0o755),
+                                 (os.path.join(data, "initramfs", "gitroot"), script, 0o644)):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(source, target)
+        os.chmod(target, mode)
+    conf = os.path.join(root, "etc/initramfs-tools/conf.d/gitroot")
+    os.makedirs(os.path.dirname(conf), exist_ok=True)
+    with open(conf, "w") as f:
+        # initramfs-tools' fsck hook copies e2fsck for the medium
+        f.write("FSTYPE=ext4\n")
+    return ["installed the initramfs hook and boot script (FSTYPE=ext4 for the medium's fsck)"]
+
+
+def _install_units(root: str, data: str) -> List[str]:
+    unit_dir = os.path.join(root, UNIT_DIR)
+    os.makedirs(unit_dir, exist_ok=True)
+    for unit in UNITS:
+        shutil.copyfile(os.path.join(data, "systemd", unit), os.path.join(unit_dir, unit))
+        os.chmod(os.path.join(unit_dir, unit), 0o644)
+        wants = os.path.join(root, "etc/systemd/system", ENABLE[unit])
+        os.makedirs(wants, exist_ok=True)
+        link = os.path.join(wants, unit)
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(f"/{UNIT_DIR}/{unit}", link)
+    for mount in KEPT_MOUNTS:
+        dropin = os.path.join(unit_dir, f"{mount}.d", "gitroot.conf")
+        os.makedirs(os.path.dirname(dropin), exist_ok=True)
+        with open(dropin, "w") as f:
+            f.write(KEPT_MOUNT_DROPIN)
+    return [f"installed and enabled {', '.join(UNITS)}",
+            "kept the medium, lower, overlay and jail mounts out of systemd's shutdown unmounting"]
+
+
+def _install_config(root: str, settings: ImageSettings) -> str:
+    path = os.path.join(root, "etc/gitroot/gitroot.yml")
+    if os.path.exists(path):
+        return "kept the image's /etc/gitroot/gitroot.yml"
+    boot_dir = settings.boot_dir or ("/run/gitroot/medium/boot"
+                                     if settings.bootloader != "systemd-boot" else "/boot/efi")
+    import json
+    text = DEFAULT_CONFIG.format(boot_dir=boot_dir, loader=settings.bootloader,
+                                 cmdline=settings.cmdline.replace('"', '\\"'),
+                                 remotes=json.dumps(list(settings.remotes)))
+    from gitroot.device.config import parse_config
+    parse_config(text, "the default configuration")     # never ship one that fails
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    return "wrote /etc/gitroot/gitroot.yml"
+
+
+def _update_initramfs(root: str) -> str:
+    if root == "/":
+        subprocess.run(["update-initramfs", "-u", "-k", "all"], check=True)
+        return "updated the initramfs"
+    versions = os.listdir(os.path.join(root, "lib/modules"))
+    if not versions:
+        raise UsageError(f"{root} has no kernel (/lib/modules is empty)")
+    with chroot_mounts(root):
+        for version in versions:
+            exists = os.path.exists(os.path.join(root, "boot", f"initrd.img-{version}"))
+            _in_root(root, ["update-initramfs", "-u" if exists else "-c", "-k", version])
+    return f"made the initramfs for {', '.join(sorted(versions))}"
+
+
+def _in_root(root: str, cmd: List[str]) -> None:
+    full = cmd if root == "/" else ["chroot", root] + cmd
+    proc = subprocess.run(full, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise GitrootError(f"{' '.join(full)} exited {proc.returncode}: "
+                           f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+
+
+@contextmanager
+def chroot_mounts(root: str) -> Iterator[None]:
+    """/proc, /sys and /dev for commands run in *root*; always unmounted."""
+    with ExitStack() as stack:
+        for args, where in ((["-t", "proc", "proc"], "proc"),
+                            (["-t", "sysfs", "sysfs"], "sys"),
+                            (["--bind", "/dev"], "dev")):
+            target = os.path.join(root, where)
+            subprocess.run(["mount", *args, target], check=True)
+            stack.callback(subprocess.run, ["umount", "-l", target], check=False)
+        yield
