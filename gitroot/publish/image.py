@@ -44,7 +44,7 @@ ENABLE = {"gitroot-fetch.service": "multi-user.target.wants",
 RUNTIME_PACKAGES: Tuple[Tuple[str, str], ...] = (
     ("python3", "usr/bin/python3"),
     ("python3-pygit2", f"{PYTHON_DIR}/pygit2"),
-    ("python3-fusepy", f"{PYTHON_DIR}/fuse.py"),
+    ("python3-fusepy", f"{PYTHON_DIR}/fusepy.py"),
     ("python3-cffi-backend", f"{PYTHON_DIR}/_cffi_backend.cpython-*.so"),
     ("python3-yaml", f"{PYTHON_DIR}/yaml"),
     ("python3-requests", f"{PYTHON_DIR}/requests"),
@@ -53,7 +53,7 @@ RUNTIME_PACKAGES: Tuple[Tuple[str, str], ...] = (
     ("git", "usr/bin/git"),
     ("initramfs-tools", "usr/sbin/update-initramfs"),
     ("ca-certificates", "etc/ssl/certs/ca-certificates.crt"),
-    ("e2fsprogs", "sbin/e2fsck"),
+    ("e2fsprogs", "usr/sbin/e2fsck"),
 )
 
 # Mount points the FUSE daemon keeps busy until power-off (it is spared by

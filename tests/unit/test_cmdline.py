@@ -82,6 +82,10 @@ GOOD = [
       "options": {"repo": "/gitroot/repo.git", "root": "LABEL=data"}}),
     # bytes that are not UTF-8 elsewhere on the line do not matter
     ("quiet x=\udcff fetch-revision=main", {"fetch_revision": "main"}),
+    # the boot loader's entry names its commit
+    ("gitroot.commit=" + "ab" * 20, {"commit": "ab" * 20, "options": {"commit": "ab" * 20}}),
+    ("gitroot.commit=" + "0" * 40 + " gitroot.commit=" + "1" * 64,
+     {"commit": "1" * 64, "options": {"commit": "1" * 64}}),
 ]
 
 
@@ -148,6 +152,11 @@ BAD = [
     ("update-revision=-x", ["begins with '-'"]),
     ("update-revision=a..b", ["'..'"]),
     (f"update-revision={SHA256}0:", ["':'"]),
+    ("gitroot.commit=abc123", ["gitroot.commit", "full commit id"]),
+    ("gitroot.commit=" + "AB" * 20, ["full commit id"]),
+    ("gitroot.commit=main", ["full commit id"]),
+    ("gitroot.commit=", ["gitroot.commit= is empty"]),
+    ("gitroot.commit", ["gitroot.commit needs a value"]),
 ]
 
 

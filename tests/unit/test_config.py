@@ -5,7 +5,8 @@ import os
 import pytest
 
 from gitroot.boot.cmdline import parse_cmdline
-from gitroot.device.config import (DEFAULT_PATH, Config, RemoteConfigSource, TrustedKeys,
+from gitroot.device.config import (DEFAULT_PATH, BootLoaderSettings, Config,
+                                   RemoteConfigSource, TrustedKeys,
                             config_path, load_config, parse_config, parse_duration)
 from gitroot.errors import ConfigError, UsageError
 
@@ -268,3 +269,24 @@ def test_error_names_the_file(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(str(path), environ={})
     assert str(caught.value).startswith(f"{path}: tries: ")
+
+
+def test_bootloader_section():
+    config = parse_config('bootloader:\n  type: grub\n  cmdline: "boot=gitroot quiet"\n')
+    assert config.bootloader == BootLoaderSettings("grub", "boot=gitroot quiet")
+    assert parse_config("").bootloader == BootLoaderSettings("none", "")
+
+
+@pytest.mark.parametrize("text,words", [
+    ("bootloader:\n  type: lilo\n", ["bootloader.type", "grub", "lilo"]),
+    ("bootloader:\n  cmdline: 7\n", ["bootloader.cmdline", "must be a string"]),
+    ('bootloader:\n  cmdline: "a gitroot.commit=' + "a" * 40 + '"\n',
+     ["bootloader.cmdline", "gitroot.commit="]),
+    ("bootloader:\n  kernel: x\n", ["unknown key", "bootloader.kernel"]),
+    ("bootloader: grub\n", ["bootloader", "must be a mapping"]),
+])
+def test_bootloader_errors(text, words):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "f.yml")
+    for word in words:
+        assert word in str(caught.value)
