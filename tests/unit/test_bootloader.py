@@ -9,7 +9,8 @@ import subprocess
 
 import pytest
 
-from gitroot.boot.state import State, Trial, choose_boot
+from gitroot.boot.state import State, Trial
+from gitroot.boot.transitions import choose_boot
 from gitroot.device.bootloader import (LoaderStatus, TrialCounter, loader_gave_up,
                                        sync_boot_loader)
 from gitroot.device.bootloader.grub import Grub, format_env, grub_cfg, parse_env

@@ -34,7 +34,8 @@ import shutil
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from gitroot.boot.state import State, atomic_write
+from gitroot import atomic
+from gitroot.boot.state import State
 from gitroot.errors import GitrootError
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,14 @@ class BootLoader:
         raise NotImplementedError
 
 
+def write_file(path: str, data: bytes) -> None:
+    """:func:`gitroot.atomic.write_file`, a failure worded for the operator."""
+    try:
+        atomic.write_file(path, data)
+    except OSError as err:
+        raise BootLoaderError(f"cannot write {path}: {err.strerror or err}") from None
+
+
 def boot_loader(kind: str, boot_dir: str) -> Optional[BootLoader]:
     """The back end configured as ``bootloader.type`` (None for ``none``)."""
     if kind == "grub":
@@ -122,15 +131,15 @@ def install_release(repo, commit: str, boot_dir: str) -> bool:
     wanted = (os.path.join(target, KERNEL), os.path.join(target, INITRD))
     if all(os.path.isfile(path) for path in wanted):
         return True
-    from gitroot.device.fetch import _release_boot_files
+    from gitroot.device.bootfiles import _release_boot_files
     files = _release_boot_files(repo, commit)
     if "vmlinuz" not in files:
         log.warning("release %s has no kernel in /boot: no boot loader entry for it",
                     commit[:12])
         return False
-    atomic_write(os.path.join(target, KERNEL), files["vmlinuz"])
+    write_file(os.path.join(target, KERNEL), files["vmlinuz"])
     if "initrd.img" in files:
-        atomic_write(os.path.join(target, INITRD), files["initrd.img"])
+        write_file(os.path.join(target, INITRD), files["initrd.img"])
     log.info("installed the kernel and initrd of %s into %s", commit[:12], target)
     return True
 

@@ -23,9 +23,8 @@ import os
 import re
 from typing import Dict, List, Optional
 
-from gitroot.boot.state import atomic_write
 from gitroot.device.bootloader import (BootLoader, BootLoaderError, Entry, LoaderStatus,
-                                       TrialCounter)
+                                       TrialCounter, write_file)
 
 ENV_SIZE = 1024
 ENV_HEADER = b"# GRUB Environment Block\n"
@@ -60,7 +59,7 @@ class Grub(BootLoader):
             raise BootLoaderError(f"cannot read {self.env_path}: {err.strerror}") from None
 
     def write_env(self, env: Dict[str, str]) -> None:
-        atomic_write(self.env_path, format_env(env))
+        write_file(self.env_path, format_env(env))
 
     def trial_counter(self) -> Optional[TrialCounter]:
         env = self.read_env()
@@ -79,7 +78,7 @@ class Grub(BootLoader):
                     "script would interpret ($ ' \" \\ ; { } | & < > `)")
         # grub.cfg first: it names the trial it counts, so a grubenv left
         # from before (power cut) never makes it boot another commit
-        atomic_write(os.path.join(self.grub_dir, "grub.cfg"),
+        write_file(os.path.join(self.grub_dir, "grub.cfg"),
                      grub_cfg(entries, trial).encode())
         env = self.read_env()
         env.pop(VAR_TRIAL, None)

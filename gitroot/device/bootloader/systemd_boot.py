@@ -18,9 +18,8 @@ import os
 import re
 from typing import Dict, List, Optional
 
-from gitroot.boot.state import atomic_write
 from gitroot.device.bootloader import (BootLoader, BootLoaderError, Entry, LoaderStatus,
-                                       TrialCounter)
+                                       TrialCounter, write_file)
 
 ENTRIES_DIR = os.path.join("loader", "entries")
 SORT_KEYS = {"trial": "gitroot-0-trial", "last-good": "gitroot-1-last-good",
@@ -87,7 +86,7 @@ class SystemdBoot(BootLoader):
             if entry.initrd:
                 lines.append(f"initrd /{entry.initrd}")
             lines.append(f"options {entry.cmdline}")
-            atomic_write(os.path.join(self.entries_dir, name), ("\n".join(lines) + "\n").encode())
+            write_file(os.path.join(self.entries_dir, name), ("\n".join(lines) + "\n").encode())
         for name in existing:
             if name not in wanted:
                 try:
