@@ -152,6 +152,9 @@ def _install_package(root: str) -> str:
     if os.path.exists(target):
         shutil.rmtree(target)
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if not os.path.exists(os.path.join(root, "usr/bin/python3")):
+        return f"installed the gitroot package into /{PYTHON_DIR}/gitroot (not compiled: " \
+               "the image has no python3 yet)"
     # compiled by the image's own python3: the initramfs gets the .pyc files
     # and no boot spends time compiling
     _in_root(root, ["python3", "-m", "compileall", "-q", f"/{PYTHON_DIR}/gitroot"])

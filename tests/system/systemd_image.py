@@ -61,6 +61,11 @@ while [ "$n" -lt 120 ] && systemctl list-jobs --no-legend 2>/dev/null \
         | grep -v -e gitroot-test-report -e getty | grep -q .; do
     sleep 1; n=$((n + 1))
 done
+# and until the serial console shows its login prompt (bench/boot.py times it)
+while [ "$n" -lt 120 ] && ! systemctl is-active -q serial-getty@ttyS0.service; do
+    sleep 1; n=$((n + 1))
+done
+sleep 2
 say "release $(cat /etc/gitroot-test-release)"
 say "initrd $(cat /run/gitroot-test-initrd 2>/dev/null || echo none)"
 say "cmdline $(cat /proc/cmdline)"
@@ -69,6 +74,8 @@ say "mark-good $(systemctl show -p Result --value gitroot-mark-good.service) $(s
 say "fetch $(systemctl show -p Result --value gitroot-fetch.service)"
 say "fetch-log $(journalctl -u gitroot-fetch.service -o cat --no-pager | tr '\n' '|')"
 say "root $(findmnt -n -o FSTYPE /)"
+say "analyze $(systemd-analyze time 2>&1 | tr '\n' ' ')"
+say "blame $(systemd-analyze blame --no-pager 2>&1 | head -8 | tr -s ' ' | tr '\n' ';')"
 say "status-json $(gitroot status --json | tr -d '\n')"
 say "log-json $(gitroot log --json | tr -d '\n')"
 gitroot status 2>&1 | sed 's/^/GITROOT-TEST: status-line /'
@@ -179,6 +186,20 @@ def _commit(root: str, repo: str, message: str, key: Optional[str]) -> str:
     return gitroot_cmd(*args).stdout.strip()
 
 
+def _remove_tree(path: str) -> None:
+    """rmtree, but never through a mount: a build killed inside a chroot
+    leaves /proc, /sys and the host's /dev mounted in it."""
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in sorted((p for p in points if p.startswith(real + "/")), reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
+    with open("/proc/self/mountinfo") as f:
+        if any(line.split()[4].startswith(real + "/") for line in f):
+            raise AssertionError(f"{path} still has mounts inside; not removing it")
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _build(dest: str) -> None:
     from tests.signing_support import public_key, ssh_key
     timings = {}
@@ -186,7 +207,7 @@ def _build(dest: str) -> None:
     base = debian_minbase(include=PACKAGES)
     timings["debootstrap"] = time.monotonic() - started
     work = dest + ".building"
-    shutil.rmtree(work, ignore_errors=True)
+    _remove_tree(work)
     os.makedirs(work)
     from pathlib import Path
     key = ssh_key(Path(work), "release-key", "ed25519")
@@ -203,7 +224,7 @@ def _build(dest: str) -> None:
     # the image, as a reader builds it
     _write(os.path.join(root, "etc/hostname"), "gitroot-test\n")
     _write(os.path.join(root, "etc/fstab"),
-           "LABEL=updates /srv/updates ext4 ro,nofail,x-systemd.device-timeout=5s 0 2\n")
+           "LABEL=updates /srv/updates ext4 ro,nofail,x-systemd.device-timeout=90s 0 2\n")
     os.makedirs(os.path.join(root, "srv/updates"), exist_ok=True)
     _write(os.path.join(root, "etc/gitroot/allowed_signers"),
            f"release@example.org {public_key(key)}\n")
@@ -212,7 +233,7 @@ def _build(dest: str) -> None:
     # the report unit and the initrd marker (test only)
     _write(os.path.join(root, "usr/local/sbin/gitroot-test-report"), REPORT, 0o755)
     _write(os.path.join(root, "etc/systemd/system/gitroot-test-report.service"), REPORT_UNIT)
-    _enable(root, "gitroot-test-report.service", "multi-user")
+    _enable(root, "gitroot-test-report.service", "multi-user.target")
     _write(os.path.join(root, "etc/initramfs-tools/hooks/gitroot-test-mark"),
            INITRD_MARK_HOOK, 0o755)
     _write(os.path.join(root, "etc/initramfs-tools/scripts/init-bottom/gitroot-test-mark"),
@@ -224,6 +245,8 @@ def _build(dest: str) -> None:
     timings["install-image"] = time.monotonic() - started
     with open(os.path.join(root, "etc/gitroot/gitroot.yml"), "a") as f:
         f.write("tries: 2\n")
+    shutil.copy(os.path.join(root, "boot", f"initrd.img-{version}"),
+                os.path.join(work, "gitroot-initrd.img"))
 
     publisher = os.path.join(work, "publisher.git")
     started = time.monotonic()
@@ -280,7 +303,7 @@ def build() -> dict:
         if not os.path.isdir(dest):
             for stale in glob.glob(os.path.join(base, "systemd-*")):
                 if not stale.endswith(".lock"):
-                    shutil.rmtree(stale, ignore_errors=True)
+                    _remove_tree(stale)
             started = time.monotonic()
             _build(dest)
             print(f"built {dest} in {time.monotonic() - started:.0f} s")
@@ -349,7 +372,7 @@ def grub_disk(staging: str, image: str, label: str) -> str:
     run("mkfs.ext4", "-q", "-L", label, "-d", staging, part, f"{size_mb}M")
     with open(image, "wb") as f:
         f.truncate((size_mb + 1) << 20)
-    run("sfdisk", "-q", image, input="label: dos\nstart=2048, type=83, bootable\n")
+    _write_mbr(image, start=2048, sectors=size_mb << 11)
     run("dd", f"if={part}", f"of={image}", "bs=1M", "seek=1", "conv=notrunc,sparse",
         "status=none")
     os.unlink(part)
@@ -363,13 +386,26 @@ def grub_disk(staging: str, image: str, label: str) -> str:
     return image
 
 
-def updates_disk(info: dict, where: str, release: str) -> str:
-    """The second disk: the publisher's repository with main at *release*."""
+def _write_mbr(image: str, start: int, sectors: int) -> None:
+    """A DOS partition table with one bootable Linux partition (what
+    ``sfdisk`` writes for ``start=START, type=83, bootable``)."""
+    import struct
+    entry = struct.pack("<B3sB3sII", 0x80, b"\xfe\xff\xff", 0x83, b"\xfe\xff\xff",
+                        start, sectors)
+    with open(image, "r+b") as f:
+        f.seek(446)
+        f.write(entry + bytes(48) + b"\x55\xaa")
+
+
+def updates_disk(info: dict, where: str, release: Optional[str]) -> str:
+    """The second disk: the publisher's repository with main at *release*
+    (None: an empty disk, an update source that cannot be reached)."""
     staging = os.path.join(where, "updates")
     os.makedirs(staging)
-    repo = os.path.join(staging, "os.git")
-    run("cp", "-al", os.path.join(info["dir"], "publisher.git"), repo)
-    run("git", "-C", repo, "update-ref", "refs/heads/main", info["commits"][release])
+    if release is not None:
+        repo = os.path.join(staging, "os.git")
+        run("cp", "-al", os.path.join(info["dir"], "publisher.git"), repo)
+        run("git", "-C", repo, "update-ref", "refs/heads/main", info["commits"][release])
     image = os.path.join(where, "updates.img")
     size_mb = int(run("du", "-sm", staging).stdout.split()[0]) * 5 // 4 + 64
     run("mkfs.ext4", "-q", "-L", "updates", "-d", staging, image, f"{size_mb}M")
@@ -413,13 +449,17 @@ class Boot:
 
 def qemu_boot(disks: List[str], timeout: float = 600, kernel: Optional[str] = None,
               initrd: Optional[str] = None, append: Optional[str] = None,
-              kill_after: Optional[str] = None) -> Boot:
+              kill_after: Optional[str] = None, log_path: Optional[str] = None) -> Boot:
     """Boot once (TCG, no network); QEMU exits when the guest powers off or
     reboots (-no-reboot).  *kill_after*: kill QEMU when a serial line holds
-    this text (a power cut)."""
+    this text (a power cut).  *log_path*: the serial lines, written as they
+    come (timestamped), to watch a boot or read it after a failure."""
     import select
     cmd = [QEMU, "-nodefaults", "-display", "none", "-no-reboot", "-m", "1024", "-smp", "2",
            "-accel", "tcg", "-nic", "none", "-serial", "stdio"]
+    if os.environ.get("GITROOT_QEMU_MONITOR"):
+        # a monitor socket to look inside a hung boot (sendkey alt-sysrq-t)
+        cmd += ["-monitor", f"unix:{os.environ['GITROOT_QEMU_MONITOR']},server,nowait"]
     if kernel:
         cmd += ["-kernel", kernel, "-initrd", initrd, "-append", append]
     for disk in disks:
@@ -429,6 +469,7 @@ def qemu_boot(disks: List[str], timeout: float = 600, kernel: Optional[str] = No
                             stderr=subprocess.STDOUT)
     lines: List[tuple] = []
     buffer = b""
+    log = open(log_path, "a") if log_path else None
     try:
         while True:
             left = timeout - (time.monotonic() - started)
@@ -449,6 +490,9 @@ def qemu_boot(disks: List[str], timeout: float = 600, kernel: Optional[str] = No
                 # strip terminal escapes systemd and GRUB print
                 line = _ANSI.sub("", line)
                 lines.append((now, line))
+                if log:
+                    log.write(f"{now:7.1f} {line}\n")
+                    log.flush()
                 if kill_after and kill_after in line:
                     proc.kill()
         proc.wait(timeout=30)
@@ -456,6 +500,8 @@ def qemu_boot(disks: List[str], timeout: float = 600, kernel: Optional[str] = No
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if log:
+            log.close()
     if buffer:
         lines.append((time.monotonic() - started, buffer.decode(errors="replace").strip()))
     return Boot(lines, proc.returncode, time.monotonic() - started)

@@ -202,13 +202,16 @@ def test_update_revision_boots_an_exact_commit_once(built, tmp_path):
 
 @every_scenario
 def test_noupgrade_fetches_nothing(built, tmp_path):
-    """Scenario 5: no update disk at all; the fetch never tries."""
+    """Scenario 5: the update disk holds no repository, so a fetch that
+    tried would fail; with noupgrade it never tries."""
     disk = image.make_medium(built, str(tmp_path), good=["v1"],
                              cmdline=image.CMDLINE + " noupgrade")
-    got, status = check_booted(built, boot([disk]), "v1", "last-good")
+    updates = image.updates_disk(built, str(tmp_path), None)
+    got, status = check_booted(built, boot([disk, updates]), "v1", "last-good")
     assert got["fetch"] == "success"
+    assert got["failed"] == ""
     assert "skipped: noupgrade" in got["fetch-log"]
-    assert status["last_fetch"] is None
+    assert status["last_fetch"]["result"] == "skipped"
 
 
 @every_scenario
