@@ -470,6 +470,7 @@ def qemu_boot(disks: List[str], timeout: float = 600, kernel: Optional[str] = No
     lines: List[tuple] = []
     buffer = b""
     log = open(log_path, "a") if log_path else None
+    prompt_seen = False
     try:
         while True:
             left = timeout - (time.monotonic() - started)
@@ -485,6 +486,10 @@ def qemu_boot(disks: List[str], timeout: float = 600, kernel: Optional[str] = No
             buffer += chunk
             *complete, buffer = buffer.split(b"\n")
             now = time.monotonic() - started
+            if b"login: " in buffer and not prompt_seen:
+                # a getty's prompt ends without a newline: note it as it comes
+                complete.append(buffer)
+                prompt_seen = True
             for raw in complete:
                 line = raw.decode(errors="replace").replace("\r", "").strip()
                 # strip terminal escapes systemd and GRUB print

@@ -51,7 +51,11 @@ def built():
 
 
 def boot(disks, **kwargs) -> image.Boot:
-    result = image.qemu_boot([str(d) for d in disks], **kwargs)
+    # the serial console, timestamped, next to the disk (read it after a failure)
+    where = os.path.dirname(str(disks[0]))
+    n = len([name for name in os.listdir(where) if name.startswith("serial-")])
+    result = image.qemu_boot([str(d) for d in disks], timeout=1200,
+                             log_path=os.path.join(where, f"serial-{n}.log"), **kwargs)
     print(f"boot took {result.elapsed:.1f} s under TCG")
     return result
 
