@@ -44,6 +44,7 @@ from gitroot.git.command import failure_summary, run_git
 from gitroot.git.filedelta import (MAX_DELTA_FILE, PACK_TAG, FileDelta, apply_delta, blob_id,
                                    from_bsdiff)
 from gitroot.git.refs import branch_name_problem
+from gitroot.git.repository import open_repo, resolve_commit
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +65,7 @@ REGULAR_MODES = ("100644", "100755")
 
 
 def _resolve(repo_path: str, rev: str) -> str:
-    if not rev or rev.startswith("-"):
-        raise RepositoryError(f"invalid revision {rev!r}")
-    proc = run_git(repo_path, "rev-parse", "--verify", "--quiet", "--end-of-options",
-                   rev + "^{commit}")
-    if proc.returncode != 0:
-        raise RepositoryError(f"unknown revision {rev!r} in {repo_path}")
-    return proc.stdout.decode().strip()
+    return str(resolve_commit(open_repo(repo_path), rev).id)
 
 
 def _branch_of(repo_path: str, rev: str) -> Optional[str]:
