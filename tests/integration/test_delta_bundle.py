@@ -324,3 +324,69 @@ def test_gitroot_fetch_records_a_bad_delta_and_pins_nothing(tmp_path, static_htt
     assert status["last_fetch"]["result"] == "failed"
     assert "rebuilds an object whose id is" in status["last_fetch"]["message"]
     assert second not in json.dumps({k: v for k, v in status.items() if k != "last_fetch"})
+
+
+# -- decompression bombs (issue 9) -------------------------------------------
+
+ZEROS = 128 << 20
+
+
+def zeros_after(prefix: bytes) -> bytes:
+    """*prefix* then 128 MiB of zeros, xz-compressed (about 20 KB)."""
+    compressor = lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=1)
+    out = [compressor.compress(prefix)]
+    block = bytes(1 << 20)
+    for _ in range(ZEROS >> 20):
+        out.append(compressor.compress(block))
+    out.append(compressor.flush())
+    return b"".join(out)
+
+
+def serve_bomb(root: Path, v1: str, v2: str, packed: bytes, unpacked) -> None:
+    entry = {"branch": BRANCH, "from": v1, "to": v2, "file": "bomb.bundle.xz",
+             "size": len(packed), "sha256": hashlib.sha256(packed).hexdigest()}
+    if unpacked is not None:
+        entry["unpacked"] = unpacked
+    (root / "bomb.bundle.xz").write_bytes(packed)
+    (root / "index.json").write_text(json.dumps(
+        {"format": "gitroot-bundles/1", "heads": {BRANCH: v2}, "bundles": [entry]}))
+
+
+@pytest.mark.parametrize("declared", [None, 50_000])
+def test_a_bomb_that_is_no_bundle_stops_at_its_first_bytes(
+        two_releases, static_http_server, tmp_path, declared):
+    source, v1, v2 = two_releases
+    packed = zeros_after(b"")
+    assert len(packed) < 100_000
+    serve_bomb(static_http_server.document_root, v1, v2, packed, declared)
+    device = device_with(tmp_path / "device.git", source, v1)
+    before = refs(device), objects(device)
+    sizes = []
+    with pytest.raises(FetchError, match="not a git bundle"):
+        fetch_static(static_http_server.url, str(device), BRANCH, [v1], str(tmp_path / "dl"),
+                     progress=lambda p: p.phase == "unpack" and sizes.append(p.done))
+    assert sizes == []                                   # nothing was written out
+    assert (refs(device), objects(device)) == before
+    assert [p.name for p in (tmp_path / "dl").iterdir()] == [
+        hashlib.sha256(packed).hexdigest() + ".bundle.xz"]   # only the small download
+
+
+@pytest.mark.parametrize("declared", [None, 50_000])
+def test_a_bomb_behind_a_good_header_stops_at_the_declared_size(
+        two_releases, static_http_server, tmp_path, declared):
+    """Declared: stopped one margin past it.  An index from before unpacked
+    sizes: stopped at a fixed ratio to the download, far below the bomb."""
+    source, v1, v2 = two_releases
+    header = f"# v2 git bundle\n-{v1}\n{v2} refs/heads/{BRANCH}\n\n".encode()
+    packed = zeros_after(header + b"PACK")
+    serve_bomb(static_http_server.document_root, v1, v2, packed, declared)
+    device = device_with(tmp_path / "device.git", source, v1)
+    before = refs(device), objects(device)
+    sizes = []
+    with pytest.raises(FetchError, match="decompresses to more than"):
+        fetch_static(static_http_server.url, str(device), BRANCH, [v1], str(tmp_path / "dl"),
+                     progress=lambda p: p.phase == "unpack" and sizes.append(p.done))
+    limit = (declared if declared else len(packed) * 1000) + UNPACKED_MARGIN
+    assert max(sizes) <= limit < ZEROS // 4
+    assert (refs(device), objects(device)) == before
+    assert not [p for p in (tmp_path / "dl").iterdir() if not p.name.endswith(".xz")]
