@@ -165,31 +165,15 @@ def fetch_static(base_url: str, repo: Union["pygit2.Repository", str, "os.PathLi
     packs_before = _pack_files(repo_path)
     try:
         for number, (bundle, path) in enumerate(zip(chain, files), 1):
-            if bundle.from_commit and not _has_commit(repo_path, bundle.from_commit):
-                raise FetchError(f"{bundle.file}: made for {bundle.from_commit[:12]}, which "
-                                 "this device does not have; nothing was written")
-            unpacked = path[:-len(".xz")]
-            rebuilt = unpacked + ".rebuilt"
-            try:
-                _decompress(path, unpacked, unpacked_limit(bundle, max_unpacked_bytes),
-                            lambda done, n=number, f=bundle.file:
-                            _report(progress, "unpack", n, len(chain), f, done, 0),
-                            lambda head, b=bundle: _check_header(head, b))
-                if bundle.format == DELTA_FORMAT:
-                    _rebuild_git_bundle(repo_path, unpacked, rebuilt, bundle)
-                    _unlink(unpacked)
-                    os.replace(rebuilt, unpacked)
-                _report(progress, "fetch", number, len(chain), bundle.file, 0, 0)
-                _git_fetch_bundle(repo_path, unpacked, branch, bundle)
-            finally:
-                _unlink(unpacked)
-                _unlink(rebuilt)
+            install_bundle(repo_path, path, bundle, max_unpacked_bytes,
+                           lambda phase, done, n=number, f=bundle.file:
+                           _report(progress, phase, n, len(chain), f, done, 0))
     except BaseException:
         _restore_ref(repo_path, ref, old_target)
         raise
     for path in files:
         _unlink(path)
-    _store_compressed(repo_path, sorted(_pack_files(repo_path) - packs_before))
+    store_received(repo_path, packs_before)
     head = chain[-1].to_commit
     _report(progress, "done", len(chain), len(chain), chain[-1].file, 0, 0)
     return head
@@ -333,6 +317,41 @@ def _file_matches(path: str, bundle: BundleEntry) -> bool:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest() == bundle.sha256
+
+
+def install_bundle(repo_path: str, path: str, bundle: BundleEntry,
+                   max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
+                   report: Optional[Callable[[str, int], None]] = None) -> None:
+    """Unpack the downloaded *bundle* at *path* and fetch it into
+    ``refs/gitroot/incoming/BRANCH`` (a delta bundle is rebuilt into a git
+    bundle first).  The caller restores that ref if this raises."""
+    def tell(phase: str, done: int) -> None:
+        if report is not None:
+            report(phase, done)
+
+    if bundle.from_commit and not _has_commit(repo_path, bundle.from_commit):
+        raise FetchError(f"{bundle.file}: made for {bundle.from_commit[:12]}, which "
+                         "this device does not have; nothing was written")
+    unpacked = path[:-len(".xz")] if path.endswith(".xz") else path + ".unpacked"
+    rebuilt = unpacked + ".rebuilt"
+    try:
+        _decompress(path, unpacked, unpacked_limit(bundle, max_unpacked_bytes),
+                    lambda done: tell("unpack", done),
+                    lambda head: _check_header(head, bundle))
+        if bundle.format == DELTA_FORMAT:
+            _rebuild_git_bundle(repo_path, unpacked, rebuilt, bundle)
+            os.replace(rebuilt, unpacked)
+        tell("fetch", 0)
+        _git_fetch_bundle(repo_path, unpacked, bundle.branch, bundle)
+    finally:
+        _unlink(unpacked)
+        _unlink(rebuilt)
+
+
+def store_received(repo_path: str, packs_before: set) -> None:
+    """Rewrite the packs received since *packs_before* (:func:`_pack_files`)
+    zlib-compressed."""
+    _store_compressed(repo_path, sorted(_pack_files(repo_path) - packs_before))
 
 
 def unpacked_limit(bundle: BundleEntry, ceiling: int = MAX_UNPACKED_BYTES) -> int:

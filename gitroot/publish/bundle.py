@@ -62,6 +62,8 @@ XZ_FILTERS = (
 #: framing and bsdiff's control stream would eat what a delta saves.
 MIN_DELTA_FILE = 512
 REGULAR_MODES = ("100644", "100755")
+#: A bsdiff patch up to this size is taken without estimating the pack's cost.
+OBVIOUS_DELTA = 512
 
 
 def _resolve(repo_path: str, rev: str) -> str:
@@ -217,7 +219,7 @@ class DeltaChoice:
     delta_size: int
     """``bsdiff``'s own (bzip2-compressed) output: what the delta costs."""
     pack_estimate: int
-    """xz of the new file alone (0 when the delta is obviously smaller)."""
+    """What the new file would cost in the pack (0 when not estimated)."""
     chosen: bool
 
 
@@ -257,11 +259,19 @@ def _bsdiff(old: bytes, new: bytes, workdir: str) -> bytes:
         return stream.read()
 
 
-def _pack_estimate(data: bytes) -> int:
-    """Roughly what *data* costs inside the bundle's xz stream."""
-    return len(lzma.compress(data, format=lzma.FORMAT_RAW,
-                             filters=[{"id": lzma.FILTER_X86},
-                                      {"id": lzma.FILTER_LZMA2, "preset": 6}]))
+def _pack_estimate(old: bytes, new: bytes) -> int:
+    """Roughly what *new* costs inside the bundle's xz stream when the device
+    has *old*: xz of both minus xz of the old alone (the pack would carry a git
+    delta against the old blob, or the file whole; xz finds at least as much
+    as either)."""
+    window = 1 << max(20, (len(old) + len(new)).bit_length())
+    filters = [{"id": lzma.FILTER_X86},
+               {"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": min(window, 1 << 27)}]
+
+    def packed(data: bytes) -> int:
+        return len(lzma.compress(data, format=lzma.FORMAT_RAW, filters=filters))
+
+    return max(0, packed(old + new) - packed(old))
 
 
 def plan_deltas(repo_path: str, span: _Span, wanted: set, workdir: str,
@@ -281,7 +291,8 @@ def plan_deltas(repo_path: str, span: _Span, wanted: set, workdir: str,
         if len(new) < MIN_DELTA_FILE or max(len(old), len(new)) > MAX_DELTA_FILE:
             continue
         patch = _bsdiff(old, new, workdir)
-        estimate = 0 if len(patch) * 8 < len(new) else _pack_estimate(new)
+        # A patch this small cannot lose much to the pack: skip the estimate.
+        estimate = 0 if len(patch) <= OBVIOUS_DELTA else _pack_estimate(old, new)
         chosen = estimate == 0 or len(patch) < estimate
         if choices is not None:
             choices.append(DeltaChoice(path, len(new), len(patch), estimate, chosen))
