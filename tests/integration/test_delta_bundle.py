@@ -23,8 +23,7 @@ from conftest import gitroot_cmd
 from gitroot.device.static import UNPACKED_MARGIN, fetch_static
 from gitroot.errors import FetchError
 from gitroot.git.bundle import DELTA_SIGNATURE, parse_bundle_header
-from gitroot.git.filedelta import (RECORD_HEAD, FileDelta, apply_delta, blob_id,
-                                   iter_records)
+from gitroot.git.filedelta import RECORD_HEAD, iter_records
 
 BRANCH = "stable"
 INCOMING = f"refs/gitroot/incoming/{BRANCH}"

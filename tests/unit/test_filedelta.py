@@ -7,7 +7,7 @@ import random
 import pytest
 
 from gitroot.git.filedelta import (ADD_SLICE, DeltaError, FileDelta, add_bytes, apply_delta,
-                                   blob_id, control_triples, iter_records)
+                                   blob_id, iter_records)
 
 
 def offt(value: int) -> bytes:
