@@ -37,10 +37,14 @@ what it costs to ship the new one:
 Both trees are prepared the same way for every tool: device nodes, fifos and
 sockets are removed (OSTree cannot commit them; a booted system has devtmpfs),
 and so are the ``.deb`` files debootstrap leaves in ``/var/cache/apt/archives``
-(``apt-get clean``), unless ``--keep-apt-cache``.  The upgraded tree is a
-second ``debootstrap --include=less,curl,openssh-client``, not ``apt-get
-install`` on the first: the same packages arrive, but logs, ``ld.so.cache``
-and dpkg's files differ in detail from a real upgrade.
+(``apt-get clean``), unless ``--keep-apt-cache``.  In the ``packages``
+workload the upgraded tree is a second ``debootstrap
+--include=less,curl,openssh-client``, not ``apt-get install`` on the first:
+the same packages arrive, but logs, ``ld.so.cache`` and dpkg's files differ
+in detail from a real upgrade.  The ``upgrade`` workload is a real ``apt-get
+upgrade`` of the minbase tree from bookworm-updates and bookworm-security
+(``tests/rootfs.py: debian_upgraded``, cached); there both trees leave out
+``/var/lib/apt/lists/*`` unless ``--keep-apt-lists``.
 
 Beside the sizes, the device side of each gitroot bundle is timed: a bare
 repository holding OLD unpacks the bundle, rebuilds files from their deltas
@@ -143,10 +147,18 @@ def dir_size(path: str) -> int:
 
 # -- the trees -------------------------------------------------------------
 
-def prepare(source: str, dest: str, keep_apt_cache: bool) -> str:
+def prepare(source: str, dest: str, keep_apt_cache: bool, drop_apt_lists: bool = False) -> str:
     """A hard-linked copy of *source* as every tool will see it (see the docstring)."""
     run(["cp", "-al", source, dest])
     removed = 0
+    if drop_apt_lists:
+        lists = os.path.join(dest, "var/lib/apt/lists")
+        for name in os.listdir(lists):
+            path = os.path.join(lists, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
     for directory, dirs, files in os.walk(dest):
         for name in files + dirs:
             path = os.path.join(directory, name)
@@ -158,7 +170,8 @@ def prepare(source: str, dest: str, keep_apt_cache: bool) -> str:
                 os.unlink(path)
                 removed += 1
     log(f"  {dest}: {removed} device nodes, fifos, sockets"
-        + ("" if keep_apt_cache else " and cached .deb files") + " left out")
+        + ("" if keep_apt_cache else " and cached .deb files")
+        + (", apt lists" if drop_apt_lists else "") + " left out")
     return dest
 
 
@@ -227,9 +240,14 @@ def debian_trees(work: str, keep_apt_cache: bool) -> tuple:
             prepare(upgraded, os.path.join(work, "new"), keep_apt_cache))
 
 
-def upgrade_trees(work: str, keep_apt_cache: bool) -> tuple:
+def upgrade_trees(work: str, keep_apt_cache: bool, keep_apt_lists: bool) -> tuple:
     """bookworm minbase, and the same tree after ``apt-get upgrade`` (tests/rootfs.py:
-    debian_upgraded); returns (old, new, the packages upgraded)."""
+    debian_upgraded); returns (old, new, the packages upgraded).
+
+    Unless *keep_apt_lists*, both trees leave out ``/var/lib/apt/lists/*``, as
+    images are usually shipped (Debian's own container images do so): the
+    package lists ``apt-get update`` brings are 35 MB of new text that says
+    nothing about shipping an upgrade."""
     from rootfs import debian_minbase, debian_upgraded
 
     log("debootstrap (cached): bookworm minbase, and the same after apt-get upgrade")
@@ -237,8 +255,9 @@ def upgrade_trees(work: str, keep_apt_cache: bool) -> tuple:
     upgraded = debian_upgraded()
     with open(upgraded + ".upgraded") as stream:
         packages = stream.read().split()
-    return (prepare(base, os.path.join(work, "old"), keep_apt_cache),
-            prepare(upgraded, os.path.join(work, "new"), keep_apt_cache), packages)
+    drop = not keep_apt_lists
+    return (prepare(base, os.path.join(work, "old"), keep_apt_cache, drop),
+            prepare(upgraded, os.path.join(work, "new"), keep_apt_cache, drop), packages)
 
 
 # -- the measurements ------------------------------------------------------
@@ -487,6 +506,8 @@ def main(argv=None) -> int:
                              "upgrade; or both (default)")
     parser.add_argument("--keep-apt-cache", action="store_true",
                         help="keep the .deb files debootstrap leaves in /var/cache/apt")
+    parser.add_argument("--keep-apt-lists", action="store_true",
+                        help="upgrade workload: keep /var/lib/apt/lists in both trees")
     parser.add_argument("--json", help="write results here (default: bench/results/)")
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter that runs gitroot (default: this one)")
@@ -516,9 +537,12 @@ def main(argv=None) -> int:
                          f"(two debootstraps"
                          f"{', apt cache kept' if args.keep_apt_cache else ''})")
             else:
-                old, new, packages = upgrade_trees(work, args.keep_apt_cache)
+                old, new, packages = upgrade_trees(work, args.keep_apt_cache,
+                                                   args.keep_apt_lists)
                 trees = ("Debian bookworm minbase -> the same after apt-get upgrade from "
-                         "bookworm-updates and bookworm-security")
+                         "bookworm-updates and bookworm-security"
+                         + (", apt lists kept" if args.keep_apt_lists else
+                            ", apt lists left out of both"))
             result = measure(args, work, old, new)
         finally:
             shutil.rmtree(work, ignore_errors=True)
