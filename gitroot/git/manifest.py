@@ -60,6 +60,11 @@ MAX_SIZE = 2**63 - 1
 MAX_XATTR_VALUE = 65536     # Linux's XATTR_SIZE_MAX
 MAX_XATTR_NAME = 255        # Linux's XATTR_NAME_MAX
 MAX_DEV_PART = 2**32 - 1
+#: Linux's own limits on a device number (12-bit major, 20-bit minor): a
+#: device beyond them is accepted in a manifest but served as an I/O error.
+LINUX_MAX_MAJOR = 2**12 - 1
+LINUX_MAX_MINOR = 2**20 - 1
+NAME_MAX = 255              # Linux's longest file name, in bytes
 NS = 1_000_000_000
 
 # Bytes kept literal in an escaped path: printable ASCII except the escape
@@ -108,7 +113,8 @@ def check_path(path: bytes) -> None:
     """Refuse a path that could name something outside the tree.
 
     A valid path is ``.`` (the root) or ``/``-separated components that are
-    non-empty and none of ``.``, ``..`` or containing NUL.
+    non-empty, at most NAME_MAX bytes long (no kernel serves a longer name),
+    and none of ``.``, ``..`` or containing NUL.
     """
     if path == b".":
         return
@@ -117,6 +123,8 @@ def check_path(path: bytes) -> None:
     for part in path.split(b"/"):
         if part in (b"", b".", b".."):
             raise ValueError("empty, '.' or '..' component")
+        if len(part) > NAME_MAX:
+            raise ValueError(f"a component longer than {NAME_MAX} bytes")
 
 
 def parent_of(path: bytes) -> bytes:

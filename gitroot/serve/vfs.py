@@ -136,7 +136,7 @@ class RootView:
             size = entry.size or 0
             ino = self.manifest.inode[path]
             nlink = self.manifest.nlink.get(ino, 1)
-            rdev = os.makedev(*entry.rdev) if entry.rdev else 0
+            rdev = _device_number(entry.rdev) if entry.rdev else 0
         else:
             # Not in the manifest (e.g. committed with plain git): git's own view.
             perm = {mf.KIND_DIR: 0o755, mf.KIND_SYMLINK: 0o777}.get(
@@ -204,12 +204,24 @@ class RootView:
                 children[name] = self._error_node(
                     child_path, "the manifest lists it but the tree has no such entry")
             else:
-                children[name] = self._make_node(child_path, entry.kind, None, entry)
+                children[name] = self._entry_node(child_path, entry.kind, None, entry)
         for child_path, reason in manifest.poisoned.items():
             if mf.parent_of(child_path) == path:
                 name = child_path[len(prefix):]
+                if go.name_problem(name):      # could not even be listed
+                    self._log_once(path, f"entry {name[:60]!r}... not served: {reason}")
+                    continue
                 children[name] = self._error_node(child_path, reason)
         return children
+
+    def _entry_node(self, path: bytes, kind: str, oid: Optional[bytes],
+                    entry: Optional[mf.Entry], git_mode: int = 0) -> Node:
+        """_make_node for one child: whatever is wrong with its entry costs
+        that entry (an I/O error), never its directory."""
+        try:
+            return self._make_node(path, kind, oid, entry, git_mode)
+        except EntryError as err:
+            return self._error_node(path, str(err))
 
     def _git_child(self, path: bytes, item: go.TreeItem) -> Node:
         mode = item.mode
@@ -229,7 +241,9 @@ class RootView:
                                           f"the tree says {kind!r}")
         # A submodule (gitlink) is served as an empty directory.
         oid = None if mode == go.MODE_GITLINK else item.oid
-        node = self._make_node(path, kind, oid, entry, git_mode=mode)
+        node = self._entry_node(path, kind, oid, entry, git_mode=mode)
+        if node.error is not None:
+            return node
         if entry is None and oid is not None and kind != mf.KIND_DIR:
             try:
                 node.attrs["st_size"] = self._object_size(oid)
@@ -347,6 +361,16 @@ class RootView:
             for _name, kid in sorted(self.children(node).items()):
                 if kid.error is None:
                     yield from self.walk(kid.path)
+
+
+def _device_number(rdev: Tuple[int, int]) -> int:
+    """st_rdev of (major, minor); EntryError beyond what Linux can represent
+    (os.makedev would even raise OverflowError for a major above 2**31)."""
+    major, minor = rdev
+    if major > mf.LINUX_MAX_MAJOR or minor > mf.LINUX_MAX_MINOR:
+        raise EntryError(f"device number {major}:{minor} is beyond Linux's "
+                         f"{mf.LINUX_MAX_MAJOR}:{mf.LINUX_MAX_MINOR}")
+    return os.makedev(major, minor)
 
 
 def _raw(oid) -> bytes:
