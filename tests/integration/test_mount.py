@@ -203,6 +203,27 @@ def test_hostile_names_never_escape_through_the_mount(tmp_path):
         assert not os.path.exists(os.path.join(m.mountpoint, ".git"))
 
 
+def test_one_hostile_manifest_line_costs_only_its_entry(tmp_path):
+    """A device number beyond Linux's range and a 4,100-byte name used to
+    make the root directory answer EIO or be unlistable."""
+    repo = pygit2.init_repository(str(tmp_path / "evil.git"), bare=True)
+    good = craft.blob(repo, b"hello")
+    long_name = b"n" * 4100
+    root = craft.with_manifest(
+        repo, [(go.MODE_BLOB, b"f", good), (go.MODE_BLOB, long_name, good)],
+        craft.manifest(b"evil\tc\t600\t0\t0\t1.000000000\t-\trdev=2147483648:0",
+                       b"f\tf\t644\t0\t0\t1.000000000\t5",
+                       long_name + b"\tf\t644\t0\t0\t1.000000000\t5"))
+    commit = craft.commit(repo, root)
+    with Mount(repo.path, commit, tmp_path / "mnt") as m:
+        assert sorted(os.listdir(m.mountpoint)) == ["evil", "f"]
+        with pytest.raises(OSError) as info:
+            os.stat(os.path.join(m.mountpoint, "evil"))
+        assert info.value.errno == errno.EIO
+        with open(os.path.join(m.mountpoint, "f"), "rb") as f:
+            assert f.read() == b"hello"
+
+
 @pytest.mark.slow
 def test_round_trip_of_debian_minbase(tmp_path):
     """A real `debootstrap --variant=minbase bookworm` root, committed and mounted."""

@@ -358,10 +358,10 @@ def test_interleaved_reads_of_several_files(tmp_path):
     assert not view._recent          # every file was read to its end
 
 
-def _hostile_dir(tmp_path, *lines, tree_items=()):
+def _hostile_dir(tmp_path, *lines):
     repo = pygit2.init_repository(str(tmp_path / "evil.git"), bare=True)
     good = craft.blob(repo, b"hello")
-    items = [(go.MODE_BLOB, b"f", good), *tree_items]
+    items = [(go.MODE_BLOB, b"f", good)]
     root = craft.with_manifest(repo, items, craft.manifest(
         b"dev\td\t755\t0\t0\t1.000000000\t-",
         *lines,
@@ -393,11 +393,9 @@ def test_overlong_names_cost_only_their_entry(tmp_path):
     """A name of over ~4 KiB made its directory unlistable through FUSE; no
     name over NAME_MAX (255) is served, from the tree or the manifest."""
     long_name = b"n" * 4100
-    repo_items = [(go.MODE_BLOB, long_name, b"\0" * 20)]
     view = _hostile_dir(tmp_path,
                         b"dev/" + b"m" * 256 + b"\tp\t644\t0\t0\t1.000000000\t-",
-                        b"dev/" + b"k" * 255 + b"\tp\t644\t0\t0\t1.000000000\t-",
-                        tree_items=[])
+                        b"dev/" + b"k" * 255 + b"\tp\t644\t0\t0\t1.000000000\t-")
     assert view.listdir(b"dev") == [b"k" * 255]
     repo = view.repo
     good = craft.blob(repo, b"hello")
@@ -408,4 +406,3 @@ def test_overlong_names_cost_only_their_entry(tmp_path):
     view = RootView(repo, craft.commit(repo, root))
     assert view.listdir(b".") == [b"f"]
     assert view.read_file(b"f", 10, 0) == b"hello"
-    del repo_items
