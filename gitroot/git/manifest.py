@@ -65,6 +65,12 @@ MAX_DEV_PART = 2**32 - 1
 LINUX_MAX_MAJOR = 2**12 - 1
 LINUX_MAX_MINOR = 2**20 - 1
 NAME_MAX = 255              # Linux's longest file name, in bytes
+#: The most entries and bytes a manifest may have: a mounted manifest costs
+#: the FUSE daemon about 1 KB of memory per entry (docs/performance.md), and
+#: the daemon runs in the initramfs of small devices.  A full Debian desktop
+#: has ~300,000 entries.
+MAX_ENTRIES = 500_000
+MAX_MANIFEST_BYTES = 64 << 20
 NS = 1_000_000_000
 
 # Bytes kept literal in an escaped path: printable ASCII except the escape
@@ -298,14 +304,26 @@ class Manifest:
         return len(self.entries)
 
 
+def check_manifest_size(size: int, entries: Optional[int] = None) -> None:
+    """Refuse a manifest beyond MAX_MANIFEST_BYTES or MAX_ENTRIES (one line each)."""
+    if size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"the manifest has {size} bytes, more than the "
+                            f"{MAX_MANIFEST_BYTES >> 20} MiB gitroot serves")
+    if entries is not None and entries > MAX_ENTRIES:
+        raise ManifestError(f"the manifest has {entries} entries, more than the "
+                            f"{MAX_ENTRIES} gitroot serves")
+
+
 def parse_manifest(data: bytes, strict: bool = False) -> Manifest:
     """Parse a manifest file.
 
-    A bad header is always an error.  A bad line is an error when *strict*;
+    A bad header, or a manifest beyond MAX_ENTRIES or MAX_MANIFEST_BYTES,
+    is always an error.  A bad line is an error when *strict*;
     otherwise it is recorded in ``rejected`` and, if its path can be read,
     that path is served as an I/O error (``poisoned``), so one hostile line
     cannot take the whole root filesystem down but is never served wrongly.
     """
+    check_manifest_size(len(data), data.count(b"\n") - 1)
     lines = data.split(b"\n")
     if not lines or lines[0] != HEADER:
         raise ManifestError("manifest does not start with %r" % HEADER.decode())

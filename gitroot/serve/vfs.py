@@ -29,19 +29,34 @@ twice and never observe a half-built one.
 import hashlib
 import logging
 import os
+import zlib
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import pygit2
 
 from gitroot.git import objects as go
 from gitroot.git import manifest as mf
+from gitroot.git.blobstream import BlobStreamError, ObjectFiles, StreamedBlob
 from gitroot.errors import CorruptObjectError, ManifestError, RepositoryError
 from gitroot.git.repository import resolve_commit
 
 log = logging.getLogger(__name__)
 
 BLOCK = 512
-RECENT_BLOBS = 8     # blobs kept between reads (see read_file)
+
+# The daemon's memory for file contents is bounded whatever the release
+# holds (docs/performance.md, "Memory"):
+#: blobs stored whole and larger than this are streamed (gitroot.git.blobstream)
+STREAM_ABOVE = 4 << 20
+#: bytes of small blobs kept between reads (see read_file)
+RECENT_BYTES = 16 << 20
+#: streamed blobs kept (their checkpoints, at most ~2.6 MB each)
+RECENT_STREAMS = 2
+#: a blob stored as a delta must be inflated whole; above this it is refused
+#: (git itself never stores a delta for a blob over core.bigFileThreshold,
+#: 512 MiB by default)
+MAX_WHOLE = 512 << 20
+PATH_MAX = 4096      # Linux's longest symlink target
 HIGH_INO = 1 << 62   # inodes of entries the manifest lacks (see _fallback_ino)
 
 
@@ -81,12 +96,15 @@ class RootView:
         self.commit_id = str(commit.id)
         self.commit_time_ns = commit.commit_time * 1_000_000_000
         root_tree = _raw(commit.tree_id)
+        self._files = ObjectFiles(repo.path)
         self.manifest = self._load_manifest(root_tree)
         root_entry = self.manifest.entries[b"."]
         self.root = self._make_node(b".", mf.KIND_DIR, root_tree, root_entry)
         self._nodes: Dict[bytes, Node] = {b".": self.root}
         self._logged: set = set()
         self._recent: Dict[bytes, bytes] = {}   # path -> blob, oldest first
+        self._recent_bytes = 0
+        self._streams: Dict[bytes, StreamedBlob] = {}   # oid -> stream, oldest first
         self._statfs: Optional[dict] = None
 
     # -- loading ---------------------------------------------------------
@@ -118,6 +136,10 @@ class RootView:
             if len(blobs) != 1 or blobs[0].mode not in (go.MODE_BLOB, go.MODE_EXEC):
                 raise ManifestError(f"{where} has no gitroot manifest "
                                     f"({mf.MANIFEST_PATH.decode()})")
+            # its size is checked before it is inflated (MAX_MANIFEST_BYTES)
+            located = self._files.locate(blobs[0].oid)
+            if located is not None:
+                mf.check_manifest_size(located.size)
             data = self._read(blobs[0].oid, go.OBJ_BLOB, where + " manifest")
         except go.TreeFormatError as err:
             raise ManifestError(f"{where}: corrupt root tree: {err}") from None
@@ -296,6 +318,12 @@ class RootView:
         if node.kind != mf.KIND_SYMLINK:
             raise OSError(22, "not a symlink")   # EINVAL, as readlink(2)
         if node.target is None:
+            where = self._files.locate(node.oid)
+            if where is not None and where.size > PATH_MAX:
+                # no kernel takes a longer target; never inflate a huge one
+                reason = f"symlink target of {where.size} bytes (more than {PATH_MAX})"
+                self._log_once(node.path, reason)
+                raise EntryError(reason)
             target = self._content(node)
             node.target = target
         return node.target
@@ -309,24 +337,73 @@ class RootView:
 
         There is no open/release: the adapter leaves both to libfuse, so a
         program that opens a file whose pages the kernel has cached costs
-        no trip through Python.  Instead the last few blobs read are kept
-        (a file is read in 128 KiB requests, and a blob is decompressed
-        once, not per request); a blob read to its end is dropped at once,
-        so a full read leaves nothing behind.
+        no trip through Python.  Instead recently read blobs are kept, up to
+        RECENT_BYTES (the kernel reads a file in several requests, and a
+        blob is decompressed once, not per request); a blob read to its end
+        is dropped at once, so a full read leaves nothing behind.  A blob
+        larger than STREAM_ABOVE is streamed instead (bounded memory, see
+        gitroot.git.blobstream).
         """
         node = self.lookup(path)
         if node.kind != mf.KIND_FILE:
             raise IsADirectoryError(path) if node.kind == mf.KIND_DIR else OSError(6, "no device")
+        stream = self._streams.get(node.oid)
+        if stream is not None:
+            return self._read_stream(node, stream, size, offset)
         recent = self._recent
         data = recent.pop(path, None)
-        if data is None:
+        if data is not None:
+            self._recent_bytes -= len(data)
+        else:
+            where = self._files.locate(node.oid)
+            if where is not None and where.size > STREAM_ABOVE:
+                self._check_size(node, where.size)
+                if not where.delta:
+                    return self._read_stream(node, self._stream(node, where), size, offset)
+                if where.size > MAX_WHOLE:
+                    reason = (f"stored as a delta of {where.size} bytes: more than the "
+                              f"{MAX_WHOLE >> 20} MiB a delta is inflated whole "
+                              "(repack the repository)")
+                    self._log_once(node.path, reason)
+                    raise EntryError(reason)
             data = self._content(node)
         end = offset + size
         if end < len(data):
+            # kept until read to its end; a big one (a delta) alone
             recent[path] = data
-            while len(recent) > RECENT_BLOBS:
-                del recent[next(iter(recent))]
+            self._recent_bytes += len(data)
+            while self._recent_bytes > RECENT_BYTES and len(recent) > 1:
+                self._recent_bytes -= len(recent.pop(next(iter(recent))))
         return data[offset:end]
+
+    def _stream(self, node: Node, where) -> StreamedBlob:
+        stream = StreamedBlob(node.oid, where)
+        try:
+            stream.verify()
+        except (BlobStreamError, OSError, zlib.error) as err:
+            reason = f"object {node.oid.hex()} is unreadable: {err}"
+            self._log_once(node.path, reason)
+            raise EntryError(reason) from None
+        self._streams[node.oid] = stream
+        while len(self._streams) > RECENT_STREAMS:
+            del self._streams[next(iter(self._streams))]
+        return stream
+
+    def _read_stream(self, node: Node, stream: StreamedBlob, size: int, offset: int) -> bytes:
+        try:
+            return stream.read(offset, size)
+        except (BlobStreamError, OSError, zlib.error) as err:
+            self._streams.pop(node.oid, None)
+            reason = f"object {node.oid.hex()} is unreadable: {err}"
+            self._log_once(node.path, reason)
+            raise EntryError(reason) from None
+
+    def _check_size(self, node: Node, actual: int) -> None:
+        expected = node.entry.size if node.entry is not None else None
+        if expected is not None and actual != expected:
+            reason = f"the manifest says {expected} bytes, the blob has {actual}"
+            self._log_once(node.path, reason)
+            raise EntryError(reason)
 
     def _content(self, node: Node) -> bytes:
         try:
@@ -334,11 +411,7 @@ class RootView:
         except CorruptObjectError as err:
             self._log_once(node.path, str(err))
             raise EntryError(str(err)) from None
-        expected = node.entry.size if node.entry is not None else None
-        if expected is not None and len(data) != expected:
-            reason = f"the manifest says {expected} bytes, the blob has {len(data)}"
-            self._log_once(node.path, reason)
-            raise EntryError(reason)
+        self._check_size(node, len(data))
         return data
 
     def statfs(self) -> dict:

@@ -406,3 +406,18 @@ def test_overlong_names_cost_only_their_entry(tmp_path):
     view = RootView(repo, craft.commit(repo, root))
     assert view.listdir(b".") == [b"f"]
     assert view.read_file(b"f", 10, 0) == b"hello"
+
+
+@pytest.mark.parametrize("cap,value", [("MAX_ENTRIES", 3), ("MAX_MANIFEST_BYTES", 100)])
+def test_manifest_beyond_the_cap_is_refused_in_one_line(tmp_path, monkeypatch, cap, value):
+    """A 2-million-line manifest cost the daemon 2.1 GiB; beyond the
+    documented cap a commit is refused before its manifest is parsed."""
+    from gitroot.git import manifest as mf
+    repo = pygit2.init_repository(str(tmp_path / "big.git"), bare=True)
+    lines = [b"p%d\tp\t644\t0\t0\t1.000000000\t-" % i for i in range(4)]
+    commit = craft.commit(repo, craft.with_manifest(repo, [], craft.manifest(*lines)))
+    RootView(repo, commit)                   # within today's caps
+    monkeypatch.setattr(mf, cap, value)
+    with pytest.raises(ManifestError, match="more than the") as info:
+        RootView(repo, commit)
+    assert "\n" not in str(info.value)
