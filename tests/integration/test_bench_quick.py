@@ -61,3 +61,25 @@ def test_quick_benchmark_produces_all_figures(tmp_path):
     # the table is printed, with a verdict per target
     assert "targets (the gitroot column):" in proc.stdout
     assert proc.stdout.count("MET ") + proc.stdout.count("MISS ") == 8
+
+
+def test_quick_device_benchmark_mounts_what_devices_fetched(tmp_path):
+    """--device: five signed releases fetched by git smart HTTP and by static
+    bundles (real lighttpd on 127.0.0.1), the last mounted from each device's
+    repository beside the publisher's; they must serve the same tree."""
+    if not squashfs_supported():
+        pytest.skip("the kernel has no squashfs")
+    if shutil.which("lighttpd") is None and not os.path.exists("/usr/sbin/lighttpd"):
+        pytest.skip("needs lighttpd")
+    out = tmp_path / "device.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "bench", "mount.py"), "--quick", "--device",
+         "--json", str(out), "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert set(result["medians"]) == {"native", "squashfs", "publisher", "device-http",
+                                      "device-bundle"}
+    assert len(set(result["entries"].values())) == 1, result["entries"]
+    assert len(set(result["tar_bytes"].values())) == 1, result["tar_bytes"]
+    assert "fetch seconds per release: device-http" in result["description"]
