@@ -205,6 +205,7 @@ class Gitroot:
         self.probe = probe          # a file path inside the tree, stat'ed after mounting
         self.pid = None
         extra, self.readahead_kb = VARIANTS[variant]
+        self.code = code            # run from there: "python -m" puts the cwd first
         self.env = dict(os.environ, PYTHONPATH=code, **extra)
         self.backend = None         # from the mount's record (None: code without one)
 
@@ -216,7 +217,8 @@ class Gitroot:
         start = time.perf_counter()
         run([self.python, "-m", "gitroot", "mount", "--repo", self.repo, self.rev,
              self.mountpoint, "--pid-file", pid_file]
-            + (["--record", record] if self.supports_record() else []), env=self.env)
+            + (["--record", record] if self.supports_record() else []), env=self.env,
+            cwd=self.code)
         while True:
             try:
                 os.stat(target)
@@ -242,7 +244,7 @@ class Gitroot:
     def supports_record(self) -> bool:
         if not hasattr(self, "_record"):
             proc = subprocess.run([self.python, "-m", "gitroot", "mount", "--help"],
-                                  env=self.env, capture_output=True, text=True)
+                                  env=self.env, capture_output=True, text=True, cwd=self.code)
             self._record = "--record" in proc.stdout
         return self._record
 
@@ -859,7 +861,7 @@ def main(argv=None) -> int:
         args.reps = 1 if args.quick or args.memory else 3 if args.scale else 5
     args.variants = [v for v in args.variants.split(",") if v]
     if args.levers:
-        args.variants += [v for v in ["libfuse3", *("no-" + lever for lever in LEVERS),
+        args.variants += [v for v in [*("no-" + lever for lever in LEVERS),
                                       "no-readahead", "no-levers"] if v not in args.variants]
     if args.before:
         args.before = os.path.abspath(args.before)

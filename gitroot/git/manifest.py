@@ -18,6 +18,7 @@ import base64
 import binascii
 import re
 import stat
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -143,7 +144,12 @@ def sort_key(path: bytes) -> Tuple[bytes, ...]:
     return () if path == b"." else tuple(path.split(b"/"))
 
 
-@dataclass(frozen=True)
+# One Entry per manifest line stays in memory while a commit is mounted:
+# without a __dict__ each costs ~300 bytes less (dataclass slots: Python 3.10+).
+_SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}
+
+
+@dataclass(frozen=True, **_SLOTS)
 class Entry:
     """The metadata of one file system entry."""
 
@@ -290,7 +296,7 @@ class Manifest:
     entries: Dict[bytes, Entry] = field(default_factory=dict)
     inode: Dict[bytes, int] = field(default_factory=dict)
     nlink: Dict[int, int] = field(default_factory=dict)
-    #: names of every entry's children, by parent directory path, in order
+    #: paths of every directory's children, by the directory's path, in order
     children: Dict[bytes, List[bytes]] = field(default_factory=dict)
     #: number of subdirectories, by directory path (a directory's link count
     #: is 2 plus this, as on ext4)
@@ -389,8 +395,8 @@ def parse_manifest(data: bytes, strict: bool = False) -> Manifest:
         entries[path] = entry
         inode[path] = ino
         if parent is not None:
-            man.children.setdefault(parent, []).append(
-                path if parent == b"." else path[len(parent) + 1:])
+            # the path object itself (shared with entries' key), not a new name
+            man.children.setdefault(parent, []).append(path)
             if entry.kind == KIND_DIR:
                 man.subdirs[parent] = man.subdirs.get(parent, 0) + 1
     if first:

@@ -33,7 +33,7 @@ class _FUSE(fuse.FUSE):
 
     def fgetattr(self, path, buf, fip):
         ctypes.memset(buf, 0, ctypes.sizeof(fuse.c_stat))
-        fill_stat(buf.contents, self.operations("attrs", path.decode(ENCODING)))
+        fill_stat(buf.contents, self.operations("stat", path.decode(ENCODING)))
         return 0
 
     def readdir(self, path, buf, filler, offset, fip):
@@ -69,10 +69,10 @@ class _Operations(GitrootFS):
         st = fuse.c_stat()
         filler(buf, b".", None, 0)
         filler(buf, b"..", None, 0)
-        for name, attrs in entries:
-            if attrs is not None:
-                st.st_mode = attrs["st_mode"]
-                st.st_ino = attrs["st_ino"]
+        for name, stat in entries:
+            if stat is not None:
+                st.st_mode = stat[0]
+                st.st_ino = stat[1]
                 if filler(buf, name, st, 0):
                     break
             elif filler(buf, name, None, 0):

@@ -143,7 +143,7 @@ class _FUSE(mfusepy.FUSE):
 
     def fgetattr(self, path, buf, fip):
         ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
-        fill_stat(buf.contents, self.operations.attrs(path.decode(ENCODING)))
+        fill_stat(buf.contents, self.operations.stat(path.decode(ENCODING)))
         return 0
 
     def opendir(self, path, fip):
@@ -168,16 +168,16 @@ class _FUSE(mfusepy.FUSE):
         st = mfusepy.c_stat()
         filler(buf, b".", None, 0, 0)
         filler(buf, b"..", None, 0, 0)
-        for name, attrs in entries:
-            if attrs is None:
+        for name, stat in entries:
+            if stat is None:
                 if filler(buf, name, None, 0, 0):
                     break
                 continue
             if plus:
-                fill_stat(st, attrs)
+                fill_stat(st, stat)
             else:
-                st.st_mode = attrs["st_mode"]
-                st.st_ino = attrs["st_ino"]
+                st.st_mode = stat[0]
+                st.st_ino = stat[1]
             if filler(buf, name, st, 0, plus):
                 break
         return 0

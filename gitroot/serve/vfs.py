@@ -64,21 +64,46 @@ class EntryError(Exception):
     """This entry cannot be served; the adapter answers EIO."""
 
 
+#: A node's attributes: (st_mode, st_ino, st_nlink, st_uid, st_gid, st_size,
+#: st_rdev, mtime_ns); atime and ctime are mtime, st_blocks follows from
+#: st_size.  A tuple, not a dict: a dict per entry was half the daemon's
+#: memory after a walk of 100,000 entries (docs/performance.md).
+Stat = Tuple[int, int, int, int, int, int, int, int]
+ST_SIZE = 5
+BLKSIZE = 4096
+
+
+def stat_dict(st: Stat) -> dict:
+    """*st* as the os.stat-like dict tools and tests read."""
+    mode, ino, nlink, uid, gid, size, rdev, mtime = st
+    return {
+        "st_mode": mode, "st_ino": ino, "st_nlink": nlink,
+        "st_uid": uid, "st_gid": gid, "st_size": size, "st_rdev": rdev,
+        "st_atime": mtime, "st_mtime": mtime, "st_ctime": mtime,
+        "st_blocks": (size + BLOCK - 1) // BLOCK, "st_blksize": BLKSIZE,
+    }
+
+
 class Node:
     """One entry: attributes ready for stat, plus where its content lives."""
 
-    __slots__ = ("path", "kind", "oid", "attrs", "entry", "error", "children", "target")
+    __slots__ = ("path", "kind", "oid", "stat", "entry", "error", "children", "target")
 
-    def __init__(self, path: bytes, kind: str, oid: Optional[bytes], attrs: Optional[dict],
+    def __init__(self, path: bytes, kind: str, oid: Optional[bytes], stat: Optional[Stat],
                  entry: Optional[mf.Entry], error: Optional[str] = None):
         self.path = path
         self.kind = kind
         self.oid = oid              # raw 20 bytes: blob (f, l) or tree (d); None otherwise
-        self.attrs = attrs          # the stat dict handed to FUSE
+        self.stat = stat            # see Stat; None for an error node
         self.entry = entry          # manifest entry (None: defaults were used)
         self.error = error          # set: this entry is served as an I/O error
         self.children: Optional[Dict[bytes, "Node"]] = None   # dirs, once loaded
         self.target: Optional[bytes] = None                    # symlinks, once read
+
+    @property
+    def attrs(self) -> Optional[dict]:
+        """The stat dict (built on each call; the adapter uses .stat)."""
+        return stat_dict(self.stat) if self.stat is not None else None
 
 
 def _fallback_ino(path: bytes) -> int:
@@ -100,7 +125,6 @@ class RootView:
         self.manifest = self._load_manifest(root_tree)
         root_entry = self.manifest.entries[b"."]
         self.root = self._make_node(b".", mf.KIND_DIR, root_tree, root_entry)
-        self._nodes: Dict[bytes, Node] = {b".": self.root}
         self._logged: set = set()
         self._recent: Dict[bytes, bytes] = {}   # path -> blob, oldest first
         self._recent_bytes = 0
@@ -153,6 +177,7 @@ class RootView:
     def _make_node(self, path: bytes, kind: str, oid: Optional[bytes],
                    entry: Optional[mf.Entry], git_mode: int = 0) -> Node:
         if entry is not None:
+            path = entry.path           # one bytes object for both (memory)
             mode = entry.st_mode
             uid, gid, mtime = entry.uid, entry.gid, entry.mtime_ns
             size = entry.size or 0
@@ -172,13 +197,7 @@ class RootView:
             rdev = 0
         if kind == mf.KIND_DIR:
             nlink = 2 + self.manifest.subdirs.get(path, 0)
-        attrs = {
-            "st_mode": mode, "st_ino": ino, "st_nlink": nlink,
-            "st_uid": uid, "st_gid": gid, "st_size": size, "st_rdev": rdev,
-            "st_atime": mtime, "st_mtime": mtime, "st_ctime": mtime,
-            "st_blocks": (size + BLOCK - 1) // BLOCK, "st_blksize": 4096,
-        }
-        return Node(path, kind, oid, attrs, entry)
+        return Node(path, kind, oid, (mode, ino, nlink, uid, gid, size, rdev, mtime), entry)
 
     def _error_node(self, path: bytes, reason: str) -> Node:
         self._log_once(path, reason)
@@ -217,10 +236,11 @@ class RootView:
                 continue
             seen_git.add(name)
             children[name] = self._git_child(child_path, item)
-        for name in manifest.children.get(path, ()):
+        cut = len(prefix)
+        for child_path in manifest.children.get(path, ()):
+            name = child_path[cut:]
             if name in seen_git:
                 continue
-            child_path = prefix + name
             entry = manifest.entries[child_path]
             if entry.kind in mf.GIT_KINDS:
                 children[name] = self._error_node(
@@ -268,7 +288,8 @@ class RootView:
             return node
         if entry is None and oid is not None and kind != mf.KIND_DIR:
             try:
-                node.attrs["st_size"] = self._object_size(oid)
+                st = node.stat
+                node.stat = st[:ST_SIZE] + (self._object_size(oid),) + st[ST_SIZE + 1:]
             except (KeyError, pygit2.GitError, ValueError) as err:
                 return self._error_node(path, f"object {oid.hex()} unreadable: {err}")
         return node
@@ -283,12 +304,21 @@ class RootView:
 
     def lookup(self, path: bytes) -> Node:
         """The node at *path*; FileNotFoundError or EntryError otherwise."""
-        node = self._nodes.get(path)
-        if node is None:
-            parent = self.lookup(mf.parent_of(path))
-            node = self.children(parent).get(path.rpartition(b"/")[2])
-            if node is None:
-                raise FileNotFoundError(path)
+        if path == b".":
+            node = self.root
+        else:
+            # walked from the root, one dict lookup per component: a
+            # microsecond, where an index of every path cost ~60 bytes an
+            # entry (6 MB at 100,000 entries)
+            node = self.root
+            for name in path.split(b"/"):
+                if node.error is not None:
+                    raise EntryError(node.error)
+                if node.kind != mf.KIND_DIR:
+                    raise NotADirectoryError(path)
+                node = self.children(node).get(name)
+                if node is None:
+                    raise FileNotFoundError(path)
         if node.error is not None:
             raise EntryError(node.error)
         return node
@@ -302,13 +332,15 @@ class RootView:
             except EntryError as err:
                 self._log_once(node.path, str(err))
                 raise
-            for kid in kids.values():
-                self._nodes[kid.path] = kid
             node.children = kids
         return node.children
 
     def getattr(self, path: bytes) -> dict:
-        return self.lookup(path).attrs
+        return stat_dict(self.lookup(path).stat)
+
+    def stat(self, path: bytes) -> Stat:
+        """The attributes of *path* as a Stat tuple (what the adapter fills from)."""
+        return self.lookup(path).stat
 
     def listdir(self, path: bytes) -> List[bytes]:
         return list(self.children(self.lookup(path)))
