@@ -9,8 +9,8 @@ from typing import List, Tuple
 
 import pygit2
 
-from gitroot import gitobjects as go
-from gitroot import manifest as mf
+from gitroot.git import objects as go
+from gitroot.git import manifest as mf
 
 
 def blob(repo: pygit2.Repository, data: bytes) -> bytes:

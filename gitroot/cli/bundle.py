@@ -13,7 +13,7 @@ from the bundles in DIR.  See docs/server.md.
 import argparse
 import os
 
-from gitroot.bundle import create_bundle, default_file_name, update_index
+from gitroot.publish.bundle import create_bundle, default_file_name, update_index
 from gitroot.errors import UsageError
 
 

@@ -4,7 +4,7 @@ import argparse
 import logging
 import time
 
-from gitroot.importer import import_directory
+from gitroot.publish.importer import import_directory
 
 log = logging.getLogger(__name__)
 

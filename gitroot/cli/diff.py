@@ -3,9 +3,10 @@
 import argparse
 import os
 
-from gitroot.device import add_device_arguments, device_from_args
+from gitroot.cli.device_args import add_device_arguments
+from gitroot.device.context import device_from_args
 from gitroot.errors import UsageError
-from gitroot.state import booted_commit
+from gitroot.boot.state import booted_commit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gitroot.diff import diff_commits
+    from gitroot.device.diff import diff_commits
     device = device_from_args(args)
     state = device.store(with_repo=False).load()
     new = args.rev or (state.trial.commit if state.trial else None)

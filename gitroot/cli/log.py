@@ -4,7 +4,8 @@ import argparse
 import json
 import time
 
-from gitroot.device import add_device_arguments, device_from_args, short
+from gitroot.cli.device_args import add_device_arguments
+from gitroot.device.context import device_from_args, short
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

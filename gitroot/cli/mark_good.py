@@ -2,8 +2,10 @@
 
 import argparse
 
-from gitroot.device import add_device_arguments, device_from_args
-from gitroot.state import booted_commit, mark_good
+from gitroot.cli.device_args import add_device_arguments
+from gitroot.device.context import device_from_args
+from gitroot.boot.state import booted_commit
+from gitroot.boot.transitions import mark_good
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

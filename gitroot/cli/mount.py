@@ -2,7 +2,7 @@
 
 import argparse
 
-from gitroot.mount import mount
+from gitroot.serve.daemon import mount
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

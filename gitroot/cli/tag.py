@@ -2,7 +2,7 @@
 
 import argparse
 
-from gitroot.repository import open_repo
+from gitroot.git.repository import open_repo
 from gitroot.signing import create_signed_tag, make_signer
 from gitroot.signing.sign import FORMATS
 

@@ -11,7 +11,7 @@ import argparse
 import logging
 import time
 
-from gitroot.repository import open_repo
+from gitroot.git.repository import open_repo
 from gitroot.signing import POLICIES, TrustConfig, verify_commit_objects, verify_revision
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import List, Set, Tuple
 
 import pygit2
 
-from gitroot import gitobjects as go
+from gitroot.git import objects as go
 from gitroot.errors import CorruptObjectError
 
 _EXPECTED = {go.MODE_TREE: go.OBJ_TREE, go.MODE_BLOB: go.OBJ_BLOB,

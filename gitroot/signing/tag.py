@@ -10,9 +10,9 @@ from typing import Optional
 
 import pygit2
 
-from gitroot import gitobjects as go
+from gitroot.git import objects as go
 from gitroot.errors import RepositoryError, SigningError
-from gitroot.repository import default_signature, resolve_commit
+from gitroot.git.repository import default_signature, resolve_commit
 from gitroot.signing.objects import Signer, format_tag, signature_format, split_tag
 
 

@@ -18,7 +18,7 @@ from typing import List, Optional
 
 import pygit2
 
-from gitroot import gitobjects as go
+from gitroot.git import objects as go
 from gitroot.errors import (MalformedSignatureError, NoSignatureError, RepositoryError,
                             SignatureError, UnsupportedSignatureError,
                             UntrustedSignatureError, UsageError)

@@ -1,0 +1,363 @@
+"""A git commit as a read-only filesystem view, with its manifest applied.
+
+This is the core the FUSE adapter (``gitroot.serve.fusefs``) passes paths to; it
+has no FUSE in it and is tested without a mount.  Paths are ``bytes``
+relative to the root, ``b"."`` for the root itself.
+
+What it guarantees, for a repository that may come from an attacker:
+
+- Names are taken from raw tree objects.  An entry named ``.``, ``..``,
+  ``.git``, empty, or containing ``/`` is never served (it is logged and
+  left out), so no path can escape the tree.  A name given twice in one tree
+  is served as an I/O error.
+- Every object is read through libgit2 with strict hash verification, so a
+  blob is served only if its bytes hash to its id; a missing or corrupt
+  object makes that one entry an I/O error (:class:`EntryError`), logged once.
+- The manifest (``.gitroot/manifest``) is hidden.  Where it disagrees with
+  the tree (a file it names that the tree lacks, a kind or size that does
+  not match, a rejected line) the entry is an I/O error, never served wrong.
+
+Directories are loaded lazily, the first time a path under them is looked
+up, so mounting costs one manifest parse however large the tree is.
+
+Threading: meant for one thread (the adapter runs FUSE single-threaded).
+Lazy loading only ever adds complete, immutable nodes with single dict
+assignments, so concurrent callers under the GIL at worst load a directory
+twice and never observe a half-built one.
+"""
+
+import hashlib
+import logging
+import os
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import pygit2
+
+from gitroot.git import objects as go
+from gitroot.git import manifest as mf
+from gitroot.errors import CorruptObjectError, ManifestError, RepositoryError
+from gitroot.git.repository import resolve_commit
+
+log = logging.getLogger(__name__)
+
+BLOCK = 512
+RECENT_BLOBS = 8     # blobs kept between reads (see read_file)
+HIGH_INO = 1 << 62   # inodes of entries the manifest lacks (see _fallback_ino)
+
+
+class EntryError(Exception):
+    """This entry cannot be served; the adapter answers EIO."""
+
+
+class Node:
+    """One entry: attributes ready for stat, plus where its content lives."""
+
+    __slots__ = ("path", "kind", "oid", "attrs", "entry", "error", "children", "target")
+
+    def __init__(self, path: bytes, kind: str, oid: Optional[bytes], attrs: Optional[dict],
+                 entry: Optional[mf.Entry], error: Optional[str] = None):
+        self.path = path
+        self.kind = kind
+        self.oid = oid              # raw 20 bytes: blob (f, l) or tree (d); None otherwise
+        self.attrs = attrs          # the stat dict handed to FUSE
+        self.entry = entry          # manifest entry (None: defaults were used)
+        self.error = error          # set: this entry is served as an I/O error
+        self.children: Optional[Dict[bytes, "Node"]] = None   # dirs, once loaded
+        self.target: Optional[bytes] = None                    # symlinks, once read
+
+
+def _fallback_ino(path: bytes) -> int:
+    # Stable across mounts and far above manifest positions.
+    return HIGH_INO | int.from_bytes(hashlib.blake2b(path, digest_size=8).digest(), "big") >> 2
+
+
+class RootView:
+    """The filesystem view of one commit."""
+
+    def __init__(self, repo: pygit2.Repository, rev: str):
+        self.repo = repo
+        self.odb = repo.odb
+        commit = resolve_commit(repo, rev)
+        self.commit_id = str(commit.id)
+        self.commit_time_ns = commit.commit_time * 1_000_000_000
+        root_tree = _raw(commit.tree_id)
+        self.manifest = self._load_manifest(root_tree)
+        root_entry = self.manifest.entries[b"."]
+        self.root = self._make_node(b".", mf.KIND_DIR, root_tree, root_entry)
+        self._nodes: Dict[bytes, Node] = {b".": self.root}
+        self._logged: set = set()
+        self._recent: Dict[bytes, bytes] = {}   # path -> blob, oldest first
+        self._statfs: Optional[dict] = None
+
+    # -- loading ---------------------------------------------------------
+
+    def _read(self, oid: bytes, want: int, what: str) -> bytes:
+        try:
+            type_num, data = self.odb.read(pygit2.Oid(raw=oid))
+        except KeyError:
+            raise CorruptObjectError(f"{what}: object {oid.hex()} is missing") from None
+        except (pygit2.GitError, ValueError, OSError) as err:
+            raise CorruptObjectError(f"{what}: object {oid.hex()} is unreadable: {err}") from None
+        if type_num != want:
+            raise CorruptObjectError(f"{what}: object {oid.hex()} is a "
+                                     f"{go.TYPE_NAMES.get(type_num, b'?').decode()}, "
+                                     f"expected a {go.TYPE_NAMES[want].decode()}")
+        return data
+
+    def _load_manifest(self, root_tree: bytes) -> mf.Manifest:
+        where = f"commit {self.commit_id[:12]}"
+        try:
+            items = go.parse_tree(self._read(root_tree, go.OBJ_TREE, where + " root tree"))
+            meta = [i for i in items if i.name == mf.MANIFEST_DIR]
+            if len(meta) != 1 or meta[0].mode != go.MODE_TREE:
+                raise ManifestError(f"{where} has no gitroot manifest "
+                                    f"({mf.MANIFEST_PATH.decode()}); was it made by "
+                                    "'gitroot commit'?")
+            inner = go.parse_tree(self._read(meta[0].oid, go.OBJ_TREE, where))
+            blobs = [i for i in inner if i.name == mf.MANIFEST_NAME]
+            if len(blobs) != 1 or blobs[0].mode not in (go.MODE_BLOB, go.MODE_EXEC):
+                raise ManifestError(f"{where} has no gitroot manifest "
+                                    f"({mf.MANIFEST_PATH.decode()})")
+            data = self._read(blobs[0].oid, go.OBJ_BLOB, where + " manifest")
+        except go.TreeFormatError as err:
+            raise ManifestError(f"{where}: corrupt root tree: {err}") from None
+        except CorruptObjectError as err:
+            raise ManifestError(str(err)) from None
+        manifest = mf.parse_manifest(data)
+        for lineno, reason in manifest.rejected:
+            log.error("%s: manifest line %d rejected: %s", where, lineno, reason)
+        return manifest
+
+    def _make_node(self, path: bytes, kind: str, oid: Optional[bytes],
+                   entry: Optional[mf.Entry], git_mode: int = 0) -> Node:
+        if entry is not None:
+            mode = entry.st_mode
+            uid, gid, mtime = entry.uid, entry.gid, entry.mtime_ns
+            size = entry.size or 0
+            ino = self.manifest.inode[path]
+            nlink = self.manifest.nlink.get(ino, 1)
+            rdev = os.makedev(*entry.rdev) if entry.rdev else 0
+        else:
+            # Not in the manifest (e.g. committed with plain git): git's own view.
+            perm = {mf.KIND_DIR: 0o755, mf.KIND_SYMLINK: 0o777}.get(
+                kind, 0o755 if git_mode == go.MODE_EXEC else 0o644)
+            mode = mf.KIND_TO_IFMT[kind] | perm
+            uid = gid = 0
+            mtime = self.commit_time_ns
+            size = 0
+            ino = _fallback_ino(path)
+            nlink = 1
+            rdev = 0
+        if kind == mf.KIND_DIR:
+            nlink = 2 + self.manifest.subdirs.get(path, 0)
+        attrs = {
+            "st_mode": mode, "st_ino": ino, "st_nlink": nlink,
+            "st_uid": uid, "st_gid": gid, "st_size": size, "st_rdev": rdev,
+            "st_atime": mtime, "st_mtime": mtime, "st_ctime": mtime,
+            "st_blocks": (size + BLOCK - 1) // BLOCK, "st_blksize": 4096,
+        }
+        return Node(path, kind, oid, attrs, entry)
+
+    def _error_node(self, path: bytes, reason: str) -> Node:
+        self._log_once(path, reason)
+        return Node(path, "?", None, None, None, reason)
+
+    def _log_once(self, path: bytes, reason: str) -> None:
+        key = (path, reason)
+        if key not in self._logged:
+            self._logged.add(key)
+            log.error("/%s: %s", os.fsdecode(path) if path != b"." else "", reason)
+
+    def _load_dir(self, node: Node) -> Dict[bytes, Node]:
+        """Build *node*'s children from its tree and the manifest."""
+        path = node.path
+        prefix = b"" if path == b"." else path + b"/"
+        manifest = self.manifest
+        children: Dict[bytes, Node] = {}
+        seen_git = set()
+        items: List[go.TreeItem] = []
+        if node.oid is not None:
+            try:
+                items = go.parse_tree(self._read(node.oid, go.OBJ_TREE, "tree"))
+            except (CorruptObjectError, go.TreeFormatError) as err:
+                raise EntryError(f"directory unreadable: {err}") from None
+        for item in items:
+            name = item.name
+            if path == b"." and name == mf.MANIFEST_DIR:
+                continue
+            problem = go.name_problem(name)
+            child_path = prefix + name
+            if problem:
+                self._log_once(path, f"tree entry {name!r} not served: {problem}")
+                continue
+            if name in seen_git:
+                children[name] = self._error_node(child_path, "name appears twice in its tree")
+                continue
+            seen_git.add(name)
+            children[name] = self._git_child(child_path, item)
+        for name in manifest.children.get(path, ()):
+            if name in seen_git:
+                continue
+            child_path = prefix + name
+            entry = manifest.entries[child_path]
+            if entry.kind in mf.GIT_KINDS:
+                children[name] = self._error_node(
+                    child_path, "the manifest lists it but the tree has no such entry")
+            else:
+                children[name] = self._make_node(child_path, entry.kind, None, entry)
+        for child_path, reason in manifest.poisoned.items():
+            if mf.parent_of(child_path) == path:
+                name = child_path[len(prefix):]
+                children[name] = self._error_node(child_path, reason)
+        return children
+
+    def _git_child(self, path: bytes, item: go.TreeItem) -> Node:
+        mode = item.mode
+        if mode == go.MODE_TREE or mode == go.MODE_GITLINK:
+            kind = mf.KIND_DIR
+        elif mode in (go.MODE_BLOB, go.MODE_EXEC):
+            kind = mf.KIND_FILE
+        elif mode == go.MODE_LINK:
+            kind = mf.KIND_SYMLINK
+        else:
+            return self._error_node(path, f"unknown tree entry mode {mode:o}")
+        if path in self.manifest.poisoned:
+            return self._error_node(path, self.manifest.poisoned[path])
+        entry = self.manifest.entries.get(path)
+        if entry is not None and entry.kind != kind:
+            return self._error_node(path, f"the manifest says kind {entry.kind!r}, "
+                                          f"the tree says {kind!r}")
+        # A submodule (gitlink) is served as an empty directory.
+        oid = None if mode == go.MODE_GITLINK else item.oid
+        node = self._make_node(path, kind, oid, entry, git_mode=mode)
+        if entry is None and oid is not None and kind != mf.KIND_DIR:
+            try:
+                node.attrs["st_size"] = self._object_size(oid)
+            except (KeyError, pygit2.GitError, ValueError) as err:
+                return self._error_node(path, f"object {oid.hex()} unreadable: {err}")
+        return node
+
+    def _object_size(self, oid: bytes) -> int:
+        read_header = getattr(self.odb, "read_header", None)   # pygit2 >= 1.15
+        if read_header is not None:
+            return read_header(pygit2.Oid(raw=oid))[1]
+        return len(self.odb.read(pygit2.Oid(raw=oid))[1])
+
+    # -- the view --------------------------------------------------------
+
+    def lookup(self, path: bytes) -> Node:
+        """The node at *path*; FileNotFoundError or EntryError otherwise."""
+        node = self._nodes.get(path)
+        if node is None:
+            parent = self.lookup(mf.parent_of(path))
+            node = self.children(parent).get(path.rpartition(b"/")[2])
+            if node is None:
+                raise FileNotFoundError(path)
+        if node.error is not None:
+            raise EntryError(node.error)
+        return node
+
+    def children(self, node: Node) -> Dict[bytes, Node]:
+        if node.kind != mf.KIND_DIR:
+            raise NotADirectoryError(node.path)
+        if node.children is None:
+            try:
+                kids = self._load_dir(node)
+            except EntryError as err:
+                self._log_once(node.path, str(err))
+                raise
+            for kid in kids.values():
+                self._nodes[kid.path] = kid
+            node.children = kids
+        return node.children
+
+    def getattr(self, path: bytes) -> dict:
+        return self.lookup(path).attrs
+
+    def listdir(self, path: bytes) -> List[bytes]:
+        return list(self.children(self.lookup(path)))
+
+    def readlink(self, path: bytes) -> bytes:
+        node = self.lookup(path)
+        if node.kind != mf.KIND_SYMLINK:
+            raise OSError(22, "not a symlink")   # EINVAL, as readlink(2)
+        if node.target is None:
+            target = self._content(node)
+            node.target = target
+        return node.target
+
+    def xattrs(self, path: bytes) -> Tuple[Tuple[bytes, bytes], ...]:
+        node = self.lookup(path)
+        return node.entry.xattrs if node.entry is not None else ()
+
+    def read_file(self, path: bytes, size: int, offset: int) -> bytes:
+        """Bytes [offset, offset+size) of the regular file at *path*.
+
+        There is no open/release: the adapter leaves both to libfuse, so a
+        program that opens a file whose pages the kernel has cached costs
+        no trip through Python.  Instead the last few blobs read are kept
+        (a file is read in 128 KiB requests, and a blob is decompressed
+        once, not per request); a blob read to its end is dropped at once,
+        so a full read leaves nothing behind.
+        """
+        node = self.lookup(path)
+        if node.kind != mf.KIND_FILE:
+            raise IsADirectoryError(path) if node.kind == mf.KIND_DIR else OSError(6, "no device")
+        recent = self._recent
+        data = recent.pop(path, None)
+        if data is None:
+            data = self._content(node)
+        end = offset + size
+        if end < len(data):
+            recent[path] = data
+            while len(recent) > RECENT_BLOBS:
+                del recent[next(iter(recent))]
+        return data[offset:end]
+
+    def _content(self, node: Node) -> bytes:
+        try:
+            data = self._read(node.oid, go.OBJ_BLOB, "content")
+        except CorruptObjectError as err:
+            self._log_once(node.path, str(err))
+            raise EntryError(str(err)) from None
+        expected = node.entry.size if node.entry is not None else None
+        if expected is not None and len(data) != expected:
+            reason = f"the manifest says {expected} bytes, the blob has {len(data)}"
+            self._log_once(node.path, reason)
+            raise EntryError(reason)
+        return data
+
+    def statfs(self) -> dict:
+        # The commit never changes: add the sizes up once, not at every df.
+        if self._statfs is None:
+            files = len(self.manifest.entries)
+            total = sum(e.size or 0 for e in self.manifest.entries.values())
+            self._statfs = {
+                "f_bsize": 4096, "f_frsize": 4096,
+                "f_blocks": (total + 4095) // 4096, "f_bfree": 0, "f_bavail": 0,
+                "f_files": files, "f_ffree": 0, "f_favail": 0, "f_namemax": 255,
+            }
+        return self._statfs
+
+    def walk(self, path: bytes = b".") -> Iterator[Tuple[bytes, Node]]:
+        """Every servable entry under *path*, depth first (for tests and tools)."""
+        node = self.lookup(path)
+        yield path, node
+        if node.kind == mf.KIND_DIR:
+            for _name, kid in sorted(self.children(node).items()):
+                if kid.error is None:
+                    yield from self.walk(kid.path)
+
+
+def _raw(oid) -> bytes:
+    return oid.raw
+
+
+def open_view(repo_path: str, rev: str) -> RootView:
+    from gitroot.git.repository import open_repo
+    try:
+        return RootView(open_repo(repo_path), rev)
+    except ManifestError:
+        raise
+    except CorruptObjectError as err:
+        raise RepositoryError(str(err)) from None

@@ -1,0 +1,252 @@
+"""Real FUSE mounts of real commits, through the gitroot CLI."""
+
+import errno
+import os
+
+import signal
+import stat
+import subprocess
+import time
+
+import pygit2
+import pytest
+
+from gitroot.git import objects as go
+from tests import craft
+from tests.conftest import REPO_ROOT, fuse_available, gitroot_cmd
+from tests.rootfs import debian_minbase
+from tests.mounts import Mount, is_mounted, wait_gone
+from tests.sample_tree import compare, make_sample_tree, snapshot
+
+pytestmark = [
+    pytest.mark.mount,
+    pytest.mark.skipif(not fuse_available(), reason="needs root, /dev/fuse and fusermount"),
+]
+
+
+
+
+@pytest.fixture(scope="module")
+def sample_commit(tmp_path_factory):
+    base = tmp_path_factory.mktemp("roundtrip")
+    src = make_sample_tree(str(base / "src"))
+    repo = str(base / "repo.git")
+    commit = gitroot_cmd("commit", src, "--repo", repo, "--branch", "main", "-m", "s").stdout.strip()
+    return src, repo, commit
+
+
+def test_round_trip_of_sample_tree(sample_commit, tmp_path):
+    src, repo, commit = sample_commit
+    expected = snapshot(src)
+    assert any(r[4] and r[4] > 50 * 2**20 for r in expected.values()), "needs a 50 MB file"
+    with Mount(repo, commit, tmp_path / "mnt") as m:
+        actual = snapshot(m.mountpoint)
+    assert compare(expected, actual) == []
+
+
+def test_comparer_sees_a_changed_source(sample_commit, tmp_path):
+    """The round-trip check can fail: a source changed after the commit differs."""
+    src, repo, commit = sample_commit
+    with Mount(repo, commit, tmp_path / "mnt") as m:
+        actual = snapshot(m.mountpoint)
+    expected = snapshot(src)
+    path = b"etc/hostname"
+    changed = dict(expected)
+    changed[path] = expected[path][:5] + (expected[path][5] + 1,) + expected[path][6:]
+    assert compare(changed, actual) == [f"{path!r}: mtime_ns {changed[path][5]} != "
+                                        f"{expected[path][5]}"]
+
+
+def test_mount_by_branch_tag_and_id(sample_commit, tmp_path):
+    src, repo, commit = sample_commit
+    r = pygit2.Repository(repo)
+    r.create_reference_direct("refs/tags/v1", pygit2.Oid(hex=commit), True)
+    for rev in ("main", "v1", commit, commit[:10]):
+        with Mount(repo, rev, tmp_path / "mnt") as m:
+            with open(os.path.join(m.mountpoint, "etc/hostname")) as f:
+                assert f.read() == "gitroot-sample\n"
+
+
+def test_read_only(sample_commit, tmp_path):
+    _, repo, commit = sample_commit
+    with Mount(repo, commit, tmp_path / "mnt") as m:
+        mp = m.mountpoint
+        for action in (lambda: open(os.path.join(mp, "etc/hostname"), "w"),
+                       lambda: open(os.path.join(mp, "new"), "w"),
+                       lambda: os.mkdir(os.path.join(mp, "d")),
+                       lambda: os.unlink(os.path.join(mp, "etc/hostname")),
+                       lambda: os.chmod(os.path.join(mp, "etc/hostname"), 0o600),
+                       lambda: os.setxattr(os.path.join(mp, "etc/hostname"), "user.x", b"1")):
+            with pytest.raises(OSError) as info:
+                action()
+            assert info.value.errno == errno.EROFS
+
+
+def test_unmount_on_sigterm(sample_commit, tmp_path):
+    _, repo, commit = sample_commit
+    m = Mount(repo, commit, tmp_path / "mnt")
+    assert is_mounted(m.mountpoint)
+    os.kill(m.pid, signal.SIGTERM)
+    wait_gone(m.pid)
+    assert not is_mounted(m.mountpoint)
+
+
+def test_unmount_with_fusermount(sample_commit, tmp_path):
+    _, repo, commit = sample_commit
+    m = Mount(repo, commit, tmp_path / "mnt")
+    subprocess.run(["fusermount", "-u", m.mountpoint], check=True)
+    wait_gone(m.pid)
+    assert not is_mounted(m.mountpoint)
+
+
+def test_foreground_mount(sample_commit, tmp_path):
+    _, repo, commit = sample_commit
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "gitroot", "mount", "--repo", repo,
+                             commit, str(mp), "--foreground"], env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while not is_mounted(str(mp)):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        assert os.path.exists(mp / "etc" / "hostname")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    assert not is_mounted(str(mp))
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["--repo", "{tmp}/missing.git", "main", "{mnt}"], 3, "no such repository"),
+    (["--repo", "{repo}", "no-such-branch", "{mnt}"], 3, "unknown revision 'no-such-branch'"),
+    (["--repo", "{repo}", "main", "{tmp}/not-a-dir"], 6, "not a directory"),
+])
+def test_mount_errors_are_one_clear_line(sample_commit, tmp_path, args, code, message):
+    _, repo, _ = sample_commit
+    (tmp_path / "mnt").mkdir()
+    args = [a.format(tmp=tmp_path, repo=repo, mnt=tmp_path / "mnt") for a in args]
+    proc = gitroot_cmd("mount", *args, check=False)
+    assert proc.returncode == code
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not is_mounted(str(tmp_path / "mnt"))
+
+
+def test_mount_on_busy_mountpoint_reports_libfuse_error(sample_commit, tmp_path):
+    _, repo, commit = sample_commit
+    with Mount(repo, commit, tmp_path / "mnt") as m:
+        proc = gitroot_cmd("mount", "--repo", repo, commit,
+                           os.path.join(m.mountpoint, "etc"), check=False)
+        assert proc.returncode != 0
+        assert "error" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_corrupt_blob_is_eio_through_the_mount_with_a_log_line(tmp_path):
+    repo = pygit2.init_repository(str(tmp_path / "evil.git"), bare=True)
+    good = craft.blob(repo, b"hello")
+    bad = craft.blob(repo, b"world")
+    root = craft.with_manifest(repo, [(go.MODE_BLOB, b"f", good), (go.MODE_BLOB, b"g", bad)],
+                               craft.manifest(b"f\tf\t644\t0\t0\t1.000000000\t5",
+                                              b"g\tf\t644\t0\t0\t1.000000000\t5"))
+    commit = craft.commit(repo, root)
+    craft.corrupt_loose_object(repo, bad, b"WORLD")
+    log = str(tmp_path / "daemon.log")
+    with Mount(repo.path, commit, tmp_path / "mnt", log_file=log) as m:
+        with open(os.path.join(m.mountpoint, "f"), "rb") as f:
+            assert f.read() == b"hello"
+        with pytest.raises(OSError) as info:
+            with open(os.path.join(m.mountpoint, "g"), "rb") as f:
+                f.read()
+        assert info.value.errno == errno.EIO
+    with open(log) as f:
+        text = f.read()
+    assert "/g:" in text and bad.hex() in text
+
+
+def test_hostile_names_never_escape_through_the_mount(tmp_path):
+    repo = pygit2.init_repository(str(tmp_path / "evil.git"), bare=True)
+    secret = craft.blob(repo, b"secret")
+    items = [(go.MODE_BLOB, n, secret) for n in (b"..", b"a/b", b".git")]
+    items.append((go.MODE_BLOB, b"ok", secret))
+    root = craft.with_manifest(repo, items, craft.manifest(b"ok\tf\t644\t0\t0\t1.000000000\t6"))
+    commit = craft.commit(repo, root)
+    with Mount(repo.path, commit, tmp_path / "mnt") as m:
+        assert sorted(os.listdir(m.mountpoint)) == ["ok"]
+        assert not os.path.exists(os.path.join(m.mountpoint, ".git"))
+
+
+@pytest.mark.slow
+def test_round_trip_of_debian_minbase(tmp_path):
+    """A real `debootstrap --variant=minbase bookworm` root, committed and mounted."""
+    # A private copy: the shared cache may have hard links from outside
+    # (a benchmark's `cp -al`), and link counts must be the tree's own.
+    src = str(tmp_path / "rootfs")
+    subprocess.run(["cp", "-a", debian_minbase(), src], check=True)
+    repo = str(tmp_path / "debian.git")
+    started = time.monotonic()
+    commit = gitroot_cmd("commit", src, "--repo", repo, "--branch", "main").stdout.strip()
+    first = time.monotonic() - started
+    expected = snapshot(src)
+    with Mount(repo, commit, tmp_path / "mnt") as m:
+        actual = snapshot(m.mountpoint)
+        st = os.stat(os.path.join(m.mountpoint, "usr/bin/su"))
+        assert st.st_mode & stat.S_ISUID
+    assert len(expected) > 5000
+    assert compare(expected, actual) == []
+    # A second commit of the unchanged tree reads no file again.
+    started = time.monotonic()
+    proc = gitroot_cmd("commit", src, "--repo", repo, "--branch", "main")
+    second = time.monotonic() - started
+    assert "(0 read" in proc.stderr, proc.stderr
+    print(f"first commit {first:.1f} s, second {second:.1f} s")
+
+
+def test_unreadable_directory_is_eio_through_the_mount(tmp_path):
+    repo = pygit2.init_repository(str(tmp_path / "evil.git"), bare=True)
+    good = craft.blob(repo, b"hello")
+    sub = craft.tree(repo, [(go.MODE_BLOB, b"inner", good)])
+    root = craft.with_manifest(repo, [(go.MODE_TREE, b"d", sub), (go.MODE_BLOB, b"f", good)],
+                               craft.manifest(b"d\td\t755\t0\t0\t1.000000000\t-",
+                                              b"d/inner\tf\t644\t0\t0\t1.000000000\t5",
+                                              b"f\tf\t644\t0\t0\t1.000000000\t5"))
+    commit = craft.commit(repo, root)
+    craft.corrupt_loose_object(repo, sub, b"garbage", type_name=b"tree")
+    with Mount(repo.path, commit, tmp_path / "mnt") as m:
+        with pytest.raises(OSError) as info:
+            os.listdir(os.path.join(m.mountpoint, "d"))
+        assert info.value.errno == errno.EIO
+        with open(os.path.join(m.mountpoint, "f"), "rb") as f:
+            assert f.read() == b"hello"
+
+
+def test_directory_listing_gives_type_and_inode(sample_commit, tmp_path):
+    """readdir passes d_type and d_ino: they must agree with lstat."""
+    src, repo, commit = sample_commit
+    with Mount(repo, commit, tmp_path / "mnt") as m:
+        checked = 0
+        for dirpath, dirnames, filenames in os.walk(m.mountpoint):
+            with os.scandir(dirpath) as it:
+                for entry in it:
+                    st = os.lstat(entry.path)
+                    assert entry.inode() == st.st_ino, entry.path
+                    assert entry.is_dir(follow_symlinks=False) == stat.S_ISDIR(st.st_mode)
+                    assert entry.is_symlink() == stat.S_ISLNK(st.st_mode)
+                    assert entry.is_file(follow_symlinks=False) == stat.S_ISREG(st.st_mode)
+                    checked += 1
+        assert checked == len(snapshot(src)) - 1
+        assert sorted(os.listdir(os.path.join(m.mountpoint, "dev"))) == ["null", "sda"]
+
+
+def test_statfs_counts_the_commit(sample_commit, tmp_path):
+    src, repo, commit = sample_commit
+    expected = snapshot(src)
+    total = sum(r[4] or 0 for r in expected.values() if stat.S_ISREG(r[0]) or stat.S_ISLNK(r[0]))
+    with Mount(repo, commit, tmp_path / "mnt") as m:
+        for _ in range(2):          # the second answer comes from the cache
+            st = os.statvfs(m.mountpoint)
+            assert st.f_files == len(expected)
+            assert st.f_blocks * st.f_frsize >= total > (st.f_blocks - 1) * st.f_frsize
+            assert st.f_namemax == 255

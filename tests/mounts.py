@@ -1,0 +1,61 @@
+"""Mounting with the real gitroot CLI in tests: a context manager, and
+waiting for a daemon to go."""
+
+import os
+import subprocess
+import time
+
+from tests.conftest import gitroot_cmd
+
+
+def is_mounted(path):
+    path = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+class Mount:
+    def __init__(self, repo, rev, mountpoint, log_file=None):
+        self.mountpoint = str(mountpoint)
+        os.makedirs(self.mountpoint, exist_ok=True)
+        self.pid_file = self.mountpoint + ".pid"
+        args = ["mount", "--repo", repo, rev, self.mountpoint, "--pid-file", self.pid_file]
+        if log_file:
+            args += ["--log-file", log_file]
+        gitroot_cmd(*args)
+        with open(self.pid_file) as f:
+            self.pid = int(f.read())
+
+    def unmount(self):
+        if is_mounted(self.mountpoint):
+            subprocess.run(["fusermount", "-u", self.mountpoint], check=True)
+        wait_gone(self.pid)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.unmount()
+
+
+def alive(pid):
+    """True while *pid* runs (a zombie waiting for init to reap it has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pid, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"daemon {pid} still running")

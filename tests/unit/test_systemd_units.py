@@ -1,0 +1,36 @@
+"""The systemd units parse and reference what they should."""
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+UNITS = os.path.join(REPO_ROOT, "systemd")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_units_verify(tmp_path):
+    # systemd-analyze checks ExecStart= exists; point it at a real program.
+    for name in os.listdir(UNITS):
+        with open(os.path.join(UNITS, name)) as f:
+            text = f.read().replace("/usr/bin/gitroot", shutil.which("true"))
+        (tmp_path / name).write_text(text)
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no"]
+                          + sorted(str(p) for p in tmp_path.iterdir()),
+                          capture_output=True, text=True)
+    problems = [line for line in (proc.stdout + proc.stderr).splitlines()
+                if "gitroot" in line]
+    assert proc.returncode == 0 and not problems, proc.stdout + proc.stderr
+
+
+def test_units_run_the_right_verbs():
+    def exec_start(name):
+        with open(os.path.join(UNITS, name)) as f:
+            return re.search(r"^ExecStart=(.*)$", f.read(), re.M).group(1)
+    assert exec_start("gitroot-fetch.service") == "/usr/bin/gitroot fetch"
+    assert exec_start("gitroot-mark-good.service") == "/usr/bin/gitroot mark-good"
+    with open(os.path.join(UNITS, "gitroot-fetch.timer")) as f:
+        assert "OnUnitActiveSec=" in f.read()
