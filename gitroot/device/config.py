@@ -48,6 +48,12 @@ class TrustedKeys:
     keyring: Optional[str] = None
     """OpenPGP keyring (for ``gpgv``); never the user's own keyring."""
 
+    def trust_config(self):
+        """The signing package's :class:`TrustConfig` for these keys (the one
+        place the configuration's keys become what a check trusts)."""
+        from gitroot.signing.verify import TrustConfig
+        return TrustConfig(allowed_signers=self.allowed_signers, keyring=self.keyring)
+
 
 @dataclass(frozen=True)
 class RemoteConfigSource:
