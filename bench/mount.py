@@ -468,7 +468,7 @@ def source_tree(args, work: str) -> tuple:
         return source, SH_START, "generated tree (a few hundred files and /bin/sh)"
     from tests.rootfs import debian_minbase
     log("building or reusing the Debian bookworm minbase root with python3 ...")
-    source = debian_minbase(include="python3")
+    source = debian_minbase("bookworm", include="python3")
     return (source, PY_START,
             f"debootstrap --variant=minbase --include=python3 bookworm ({source})")
 

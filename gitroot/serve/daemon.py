@@ -37,7 +37,8 @@ import sys
 import time
 from typing import Optional
 
-from gitroot.boot.state import StateError, atomic_write, run_dir
+from gitroot.atomic import write_file
+from gitroot.boot.state import run_dir
 from gitroot.errors import MountError
 from gitroot.serve.fusefs import Backend, load_backend, run_fuse
 from gitroot.serve.vfs import RootView, open_view
@@ -111,9 +112,8 @@ def _write_record(path: str, backend: Backend, pid: int, view: RootView,
     record = dict(backend.record(), pid=pid, commit=view.commit_id,
                   mountpoint=os.path.abspath(mountpoint))
     try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        atomic_write(path, (json.dumps(record, sort_keys=True) + "\n").encode())
-    except (OSError, StateError) as err:
+        write_file(path, (json.dumps(record, sort_keys=True) + "\n").encode())
+    except OSError as err:
         # the mount itself is fine; only status will not name the back end
         log.warning("cannot record the mount in %s: %s", path, err)
 

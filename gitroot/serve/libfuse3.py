@@ -39,16 +39,28 @@ from gitroot.serve.fusefs import (ENCODING, GitrootFS, binding_version, errno_of
 from gitroot.serve.vfs import RootView
 
 
-#: libfuse 3's soname.  mfusepy is pointed at it by name (FUSE_LIBRARY_PATH):
-#: left alone it loads libfuse 2 when both are installed, and it would find
-#: the library with find_library, which runs ldconfig -p (absent from an
-#: initramfs); dlopen finds a soname through ld.so.cache.
-LIBFUSE3 = "libfuse3.so.3"
+#: libfuse 3's sonames, newest first (3.17 in Debian 13 is .so.4).  mfusepy
+#: is pointed at one by name (FUSE_LIBRARY_PATH): left alone it loads libfuse
+#: 2 when both are installed, and it would find the library with
+#: find_library, which runs ldconfig -p (absent from an initramfs); dlopen
+#: finds a soname through ld.so.cache.
+LIBFUSE3 = ("libfuse3.so.4", "libfuse3.so.3")
+
+
+def _libfuse3() -> str:
+    for soname in LIBFUSE3:
+        try:
+            ctypes.CDLL(soname)
+        except OSError:
+            continue
+        return soname
+    raise ImportError("libfuse 3 is not installed (" + ", ".join(LIBFUSE3) + ")")
 
 
 def _import_mfusepy():
+    soname = _libfuse3()
     previous = os.environ.get("FUSE_LIBRARY_PATH")
-    os.environ["FUSE_LIBRARY_PATH"] = LIBFUSE3
+    os.environ["FUSE_LIBRARY_PATH"] = soname
     try:
         import mfusepy
     finally:
