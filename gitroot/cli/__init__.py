@@ -29,6 +29,8 @@ VERBS = {
     "mark-good": ("gitroot.cli.mark_good", "the booted trial becomes the last good release"),
     "gc": ("gitroot.cli.gc", "prune old releases"),
     "boot-select": ("gitroot.cli.boot_select", "choose what this boot mounts (initramfs)"),
+    "boot-persist": ("gitroot.cli.boot_persist",
+                     "merge /etc, mount the device's persistent data (initramfs)"),
     "bundle": ("gitroot.cli.bundle", "write a compressed bundle for a static HTTP directory"),
     "tag": ("gitroot.cli.tag", "make a signed annotated tag of a commit"),
     "verify": ("gitroot.cli.verify", "check the signature on a tag or commit"),
