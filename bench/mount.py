@@ -296,7 +296,7 @@ def measure_round(systems: dict, start_cmd: str, warm_starts: int, results: dict
             results[name].setdefault("start_warm", []).append(warm)
     gitroot = systems["gitroot"]
     gitroot.unmount()
-    results["gitroot"].setdefault("mount_first_stat", []).append(gitroot.serve.daemon())
+    results["gitroot"].setdefault("mount_first_stat", []).append(gitroot.mount())
     results["gitroot"].setdefault("daemon_private_mb_idle", []).append(
         private_dirty_kb(gitroot.pid) / 1024)
 

@@ -48,6 +48,24 @@ class CorruptObjectError(GitrootError):
     exit_code = 7
 
 
+class StateError(GitrootError):
+    """The device's state (state.json, its lock, its refs) cannot be read or written."""
+
+    exit_code = 8
+
+
+class MissingToolError(GitrootError):
+    """A program gitroot runs (git, gpgv, ssh-keygen, zstd) is not installed."""
+
+    exit_code = 11
+
+
+class PublishError(GitrootError):
+    """Writing a release, a bundle or an index failed (disk, permissions)."""
+
+    exit_code = 12
+
+
 class CmdlineError(UsageError):
     """The kernel command line holds a malformed gitroot option."""
 
@@ -127,3 +145,39 @@ class RefusedReleaseError(GitrootError):
     """A fetched release was refused (signature, downgrade, age); nothing was pinned."""
 
     exit_code = 10
+
+
+class InternalError(GitrootError):
+    """Not a gitroot error at all: a defect, or an input no check foresaw.
+    ``cli.main`` words it as one line and this exit code."""
+
+    exit_code = 70
+
+
+#: Every exit status gitroot uses.  docs/operations.md carries the same
+#: table, and tests/unit/test_errors.py keeps both in step with the classes.
+EXIT_CODES = {
+    0: "success (a fetch: pinned, up to date, held, abandoned or skipped)",
+    1: "an error of no more specific kind",
+    2: "usage: the command line, a configuration value or the kernel command line is wrong",
+    3: "repository: missing or unreadable, or a revision that does not resolve",
+    4: "manifest: malformed, or it disagrees with its tree",
+    5: "source tree: something gitroot cannot represent or read (gitroot commit)",
+    6: "mount: FUSE could not be set up",
+    7: "corrupt object: missing from the store or not hashing to its id",
+    8: "state: state.json, its locks or its refs cannot be read or written",
+    9: "fetch failed (network, server, disk); nothing was pinned",
+    10: "release refused (downgrade, age, channel); nothing was pinned",
+    11: "a program gitroot runs (git, gpgv, ssh-keygen) is not installed",
+    12: "publishing: a bundle or an index could not be written",
+    20: "signature check failed (generic)",
+    21: "no signature",
+    22: "bad signature (content or signature altered)",
+    23: "good signature from an untrusted key",
+    24: "good signature from a trusted key outside its validity",
+    25: "malformed signature",
+    26: "unsupported signature kind",
+    27: "making a signature failed",
+    70: "internal error: a defect (run with --debug for the traceback and report it)",
+    130: "interrupted (SIGINT)",
+}

@@ -39,6 +39,9 @@ from types import MappingProxyType
 from typing import Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 from gitroot.errors import CmdlineError
+# is_object_id and ref_name_problem: part of this parser's interface (tests)
+from gitroot.git.refs import (branch_name_problem, control_char_problem, is_object_id,  # noqa: F401
+                              ref_name_problem, revision_problem)  # noqa: F401
 
 DEFAULT_PATH = "/proc/cmdline"
 ENV_OVERRIDE = "GITROOT_CMDLINE"
@@ -47,7 +50,6 @@ NAMESPACE = "gitroot."
 # The kernel's isspace() for ASCII: space, \t, \n, \v, \f, \r.
 _KERNEL_SPACE = frozenset(" \t\n\v\f\r")
 
-_HEX_ID = re.compile(r"[0-9a-fA-F]{4,64}")
 _FSTYPE = re.compile(r"[a-z0-9][a-z0-9_.+-]*")
 _DEVICE_TAGS = ("UUID=", "PARTUUID=", "LABEL=", "PARTLABEL=")
 
@@ -199,91 +201,10 @@ def read_cmdline(path: str = DEFAULT_PATH,
 
 # -- validators ----------------------------------------------------------
 
-def ref_name_problem(name: str) -> Optional[str]:
-    """Why *name* is not a valid git ref name, or ``None`` if it is.
-
-    The rules of git-check-ref-format(1), with ``--allow-onelevel`` (so
-    ``main`` is fine) and without ``--normalize``.
-    """
-    if not name:
-        return "it is empty"
-    bad = _bad_char(name)
-    if bad is not None:
-        return bad
-    if name == "@":
-        return "it is '@'"
-    if name.startswith("/") or name.endswith("/"):
-        return "it begins or ends with '/'"
-    if "//" in name:
-        return "it holds '//'"
-    if ".." in name:
-        return "it holds '..'"
-    if "@{" in name:
-        return "it holds '@{'"
-    if name.endswith("."):
-        return "it ends with '.'"
-    for component in name.split("/"):
-        if component.startswith("."):
-            return f"component {component!r} begins with '.'"
-        if component.endswith(".lock"):
-            return f"component {component!r} ends with '.lock'"
-    return None
-
-
-def branch_name_problem(name: str) -> Optional[str]:
-    """Why *name* is not a branch name (``git check-ref-format --branch``)."""
-    if name.startswith("-"):
-        return "it begins with '-'"
-    if name == "HEAD":
-        return "'HEAD' is not a branch name"
-    if name.startswith("refs/"):
-        return "give the branch name without 'refs/...' (e.g. 'main')"
-    return ref_name_problem(name)
-
-
-def revision_problem(rev: str) -> Optional[str]:
-    """Why *rev* is neither a hex object id (4-64 digits) nor a ref name."""
-    if _HEX_ID.fullmatch(rev):
-        return None
-    if rev.startswith("-"):
-        return "it begins with '-'"
-    problem = ref_name_problem(rev)
-    if problem is not None:
-        return f"it is not a hex object id (4-64 digits) and not a ref name: {problem}"
-    return None
-
-
-def is_object_id(rev: str) -> bool:
-    """True if *rev* has the shape of an (abbreviated) hex object id."""
-    return _HEX_ID.fullmatch(rev) is not None
-
-
-def _control_char(text: str) -> Optional[str]:
-    """Why *text* cannot be a value at all: control characters, non-UTF-8."""
-    for char in text:
-        code = ord(char)
-        if code < 0x20 or code == 0x7F:
-            return f"it holds the control character {char!r}"
-        if 0xDC80 <= code <= 0xDCFF:
-            return "it holds bytes that are not UTF-8"
-    return None
-
-
-def _bad_char(text: str) -> Optional[str]:
-    """Why *text* cannot be in a ref name, character by character."""
-    problem = _control_char(text)
-    if problem is not None:
-        return problem
-    for char in text:
-        if char in " ~^:?*[\\":
-            return f"it holds {char!r}"
-    return None
-
-
 def _absolute_path_problem(path: str) -> Optional[str]:
     if not path.startswith("/"):
         return "it is not an absolute path"
-    bad = _control_char(path)
+    bad = control_char_problem(path)
     if bad is not None:
         return bad
     if ".." in path.split("/"):
@@ -295,7 +216,7 @@ def _device_problem(device: str) -> Optional[str]:
     for tag in _DEVICE_TAGS:
         if device.startswith(tag):
             rest = device[len(tag):]
-            if not rest or _control_char(rest) is not None:
+            if not rest or control_char_problem(rest) is not None:
                 return f"the {tag[:-1]} is empty or holds control characters"
             return None
     if device.startswith("/dev/") and len(device) > len("/dev/"):
@@ -308,7 +229,7 @@ def _fstype_problem(fstype: str) -> Optional[str]:
 
 
 def _flags_problem(flags: str) -> Optional[str]:
-    return _control_char(flags)
+    return control_char_problem(flags)
 
 
 _Problem = Callable[[str], Optional[str]]

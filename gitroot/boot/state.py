@@ -10,14 +10,8 @@ never prunes them; the refs are written *before* the state file that names
 them.  ``STATE_DIR/history.log`` is an append-only JSON-lines log of every
 pin (``gitroot log``).
 
-:func:`choose_boot` is the pure decision the boot path makes:
-
-1. ``update-revision=REV`` on the kernel command line: boot REV (debug pin;
-   no try is consumed, nothing is recorded as good).
-2. A trial with tries left: consume one try, boot it.
-3. A trial with no tries left: abandon it (it never reached mark-good), boot
-   the last good release.
-4. Otherwise the last good release.
+The transitions between states are pure functions in
+:mod:`gitroot.boot.transitions`; this module only reads, checks and writes.
 
 Threading/processes: every read-modify-write holds ``STATE_DIR/lock``
 (flock), so a fetch, a boot and an operator never interleave.
@@ -28,23 +22,24 @@ import fcntl
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Iterator, List, Optional
 
-from gitroot.errors import GitrootError
+from gitroot import atomic
+from gitroot.errors import StateError
+from gitroot.git.refs import is_full_object_id
 
 STATE_FILE = "state.json"
 HISTORY_FILE = "history.log"
 LOCK_FILE = "lock"
+FETCH_LOCK_FILE = "fetch.lock"
 RUN_DIR_ENV = "GITROOT_RUN_DIR"
 DEFAULT_RUN_DIR = "/run/gitroot"
 REF_LAST_GOOD = "refs/gitroot/last-good"
 REF_PREVIOUS_GOOD = "refs/gitroot/previous-good"
 REF_TRIAL = "refs/gitroot/trial"
-
-
-class StateError(GitrootError):
-    exit_code = 8
+MAX_TRIES = 100
+MAX_STATE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -80,57 +75,72 @@ class State:
 
     @classmethod
     def from_json(cls, text: str, where: str) -> "State":
+        """Parse and check a state file; anything unexpected is a StateError
+        that says which field is wrong (the file may be damaged or crafted)."""
         try:
             data = json.loads(text)
-            if not isinstance(data, dict) or data.get("version") != 1:
-                raise ValueError("unknown version")
-            trial = Trial(**data["trial"]) if data.get("trial") else None
-            abandoned = Trial(**data["abandoned"]) if data.get("abandoned") else None
-            fetch = FetchRecord(**data["last_fetch"]) if data.get("last_fetch") else None
-            return cls(last_good=data.get("last_good"),
-                       previous_good=data.get("previous_good"), trial=trial,
-                       hold=bool(data.get("hold")), abandoned=abandoned,
-                       last_fetch=fetch)
-        except (ValueError, TypeError, KeyError) as err:
-            raise StateError(f"{where}: unreadable state ({err})") from None
+        except (ValueError, RecursionError):
+            raise StateError(f"{where}: not a gitroot state file (not JSON)") from None
+        if not isinstance(data, dict):
+            raise StateError(f"{where}: not a gitroot state file (not a JSON object)")
+        if data.get("version") != 1:
+            raise StateError(f"{where}: unknown state version {data.get('version')!r}")
+        return cls(last_good=_commit_field(data, "last_good", where),
+                   previous_good=_commit_field(data, "previous_good", where),
+                   trial=_trial_field(data, "trial", where),
+                   hold=_typed_field(data, "hold", bool, where, False),
+                   abandoned=_trial_field(data, "abandoned", where),
+                   last_fetch=_fetch_field(data, "last_fetch", where))
 
 
-@dataclass(frozen=True)
-class BootChoice:
-    commit: str
-    reason: str                 # one of: debug-pin, trial, last-good
-    detail: str
-    state: State                # the state after this choice (a try consumed)
+def _typed_field(data: dict, key: str, kind, where: str, default=None):
+    value = data.get(key, default)
+    if value is None:
+        return default
+    # bool is an int subclass: a "tries" of true is as wrong as one of "3"
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise StateError(f"{where}: {key} is not a {_KIND_NAMES.get(kind, kind.__name__)}")
+    return value
 
 
-def choose_boot(state: State, update_revision: Optional[str], now: float) -> BootChoice:
-    """What to boot, and the state that results (pure)."""
-    if update_revision:
-        return BootChoice(update_revision, "debug-pin",
-                          "update-revision= on the kernel command line", state)
-    trial = state.trial
-    if trial is not None and trial.tries_left > 0:
-        left = trial.tries_left - 1
-        new = replace(state, trial=replace(trial, tries_left=left))
-        return BootChoice(trial.commit, "trial",
-                          f"trial, try {trial.tries - left} of {trial.tries}", new)
-    if trial is not None:
-        state = replace(state, trial=None, abandoned=trial)
-        detail = (f"trial {trial.commit[:12]} abandoned after {trial.tries} tries "
-                  "without being marked good")
-    else:
-        detail = "last good release"
-    if state.last_good is None:
-        raise StateError("nothing to boot: no trial with tries left and no last good release")
-    return BootChoice(state.last_good, "last-good", detail, state)
+_KIND_NAMES = {bool: "boolean", int: "whole number", float: "number", str: "string",
+               dict: "JSON object", (int, float): "number"}
 
 
-def next_boot(state: State, update_revision: Optional[str] = None) -> Optional[BootChoice]:
-    """What the next boot would choose, without consuming anything."""
-    try:
-        return choose_boot(state, update_revision, time.time())
-    except StateError:
+def _commit_field(data: dict, key: str, where: str) -> Optional[str]:
+    value = data.get(key)
+    if value is not None and not is_full_object_id(value):
+        raise StateError(f"{where}: {key} is not a full commit id")
+    return value
+
+
+def _trial_field(data: dict, key: str, where: str) -> Optional[Trial]:
+    raw = _typed_field(data, key, dict, where)
+    if raw is None:
         return None
+    name = f"{where}: {key}"
+    commit = _commit_field(raw, "commit", name)
+    tries = _typed_field(raw, "tries", int, name)
+    tries_left = _typed_field(raw, "tries_left", int, name)
+    since = _typed_field(raw, "since", (int, float), name, 0.0)
+    if commit is None or tries is None or tries_left is None:
+        raise StateError(f"{name} lacks its commit, tries or tries_left")
+    if not 0 <= tries_left <= tries <= MAX_TRIES:
+        raise StateError(f"{name}: tries_left {tries_left} of {tries} is out of range")
+    return Trial(commit, tries_left, tries, float(since))
+
+
+def _fetch_field(data: dict, key: str, where: str) -> Optional["FetchRecord"]:
+    raw = _typed_field(data, key, dict, where)
+    if raw is None:
+        return None
+    name = f"{where}: {key}"
+    return FetchRecord(time=float(_typed_field(raw, "time", (int, float), name, 0.0)),
+                       result=_typed_field(raw, "result", str, name, "") or "",
+                       message=_typed_field(raw, "message", str, name, "") or "",
+                       commit=_commit_field(raw, "commit", name),
+                       branch=_typed_field(raw, "branch", str, name),
+                       verdict=_typed_field(raw, "verdict", str, name))
 
 
 class StateStore:
@@ -146,22 +156,39 @@ class StateStore:
 
     def load(self) -> State:
         try:
-            with open(self.path) as f:
-                return State.from_json(f.read(), self.path)
+            with open(self.path, "rb") as f:
+                raw = f.read(MAX_STATE_BYTES + 1)
         except FileNotFoundError:
             return State()
         except OSError as err:
             raise StateError(f"{self.path}: {err.strerror}") from None
+        if len(raw) > MAX_STATE_BYTES:
+            raise StateError(f"{self.path}: not a gitroot state file (over {MAX_STATE_BYTES} bytes)")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise StateError(f"{self.path}: not a gitroot state file (not UTF-8)") from None
+        return State.from_json(text, self.path)
 
     @contextlib.contextmanager
-    def locked(self, blocking: bool = True) -> Iterator[None]:
+    def locked(self, blocking: bool = True, name: str = LOCK_FILE) -> Iterator[None]:
+        """Hold ``STATE_DIR/<name>`` (flock).  The state lock (``lock``) is
+        held only to load, decide and save; a fetch holds ``fetch.lock``
+        for its transfer, so mark-good, pin and rollback never wait behind
+        a download."""
         os.makedirs(self.dir, exist_ok=True)
-        fd = os.open(os.path.join(self.dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(os.path.join(self.dir, name), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise StateError(f"cannot open {os.path.join(self.dir, name)}: "
+                             f"{err.strerror}") from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
             except BlockingIOError:
-                raise StateError(f"{self.dir} is locked by another gitroot process") from None
+                what = "a fetch is already running" if name == FETCH_LOCK_FILE \
+                    else "locked by another gitroot process"
+                raise StateError(f"{self.dir}: {what}") from None
             yield
         finally:
             os.close(fd)
@@ -171,7 +198,10 @@ class StateStore:
         """Protect the named commits with refs, then replace the state file."""
         if self.repo is not None:
             self._protect(state, f"gitroot {action} by {by}")
-        atomic_write(self.path, (state.to_json() + "\n").encode())
+        try:
+            atomic.write_file(self.path, (state.to_json() + "\n").encode())
+        except OSError as err:
+            raise StateError(f"cannot write {self.path}: {err.strerror}") from None
         if action:
             self.append_history(action, by, commit, detail)
 
@@ -219,32 +249,6 @@ class StateStore:
         return out
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Write, fsync, rename, fsync the directory: all or nothing on power loss."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise StateError(f"cannot write {path}: {err.strerror}") from None
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def run_dir() -> str:
     return os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR)
 
@@ -264,28 +268,11 @@ def booted_record() -> Optional[dict]:
         return None
 
 
-def record_booted(choice: BootChoice) -> None:
-    atomic_write(os.path.join(run_dir(), "booted"),
-                 json.dumps({"commit": choice.commit, "reason": choice.reason,
-                             "detail": choice.detail, "time": time.time()}).encode())
-
-
-def mark_good(state: State, booted: Optional[str]) -> State:
-    """The booted trial becomes the last good release (pure)."""
-    if booted is None:
-        raise StateError("cannot tell which release is booted "
-                         f"({run_dir()}/booted is missing)")
-    if state.trial is not None and state.trial.commit == booted:
-        previous = state.last_good if state.last_good != booted else state.previous_good
-        return replace(state, last_good=booted, previous_good=previous, trial=None)
-    if state.last_good == booted:
-        return state
-    if state.last_good is None:
-        return replace(state, last_good=booted)
-    raise StateError(f"the booted release {booted[:12]} is neither the trial nor the last "
-                     "good release (a debug pin?); not marking it good")
-
-
-def schedule_trial(state: State, commit: str, tries: int, hold: bool) -> State:
-    return replace(state, trial=Trial(commit, tries, tries, time.time()), hold=hold)
-
+def record_booted(commit: str, reason: str, detail: str, now: float) -> None:
+    """Tell the booted system what the boot path chose (/run/gitroot/booted)."""
+    path = os.path.join(run_dir(), "booted")
+    try:
+        atomic.write_file(path, json.dumps({"commit": commit, "reason": reason,
+                                            "detail": detail, "time": now}).encode())
+    except OSError as err:
+        raise StateError(f"cannot write {path}: {err.strerror}") from None

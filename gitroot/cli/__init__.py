@@ -62,6 +62,12 @@ def build_parser(argv: List[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run one verb; the only place that turns an exception into an exit code.
+
+    A :class:`GitrootError` is its one-line message and its own exit code.
+    Anything else (a defect, or an input no check foresaw) is still one
+    line and exit code 70, never a traceback unless ``--debug`` asks.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
 
@@ -70,18 +76,35 @@ def main(argv: Optional[List[str]] = None) -> int:
         format="gitroot: %(message)s",
         stream=sys.stderr,
     )
-    from gitroot.errors import GitrootError
+    from gitroot.errors import GitrootError, InternalError
 
     try:
         return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("gitroot: interrupted", file=sys.stderr)
+        return 130
     except GitrootError as err:
         if args.debug:
             raise
         print(f"gitroot: error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("gitroot: interrupted", file=sys.stderr)
-        return 130
+    except Exception as err:  # the one edge: see the docstring
+        if args.debug:
+            raise
+        print(f"gitroot: error: {_describe_unexpected(err)}", file=sys.stderr)
+        return InternalError.exit_code
+
+
+def _describe_unexpected(err: Exception) -> str:
+    """One line for an exception gitroot did not word itself."""
+    if isinstance(err, OSError) and err.strerror:
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{err.strerror}"
+    if isinstance(err, RecursionError):
+        return "input nested too deeply"
+    text = " ".join(str(err).split())[:300]
+    return f"internal error ({type(err).__name__}{': ' + text if text else ''}); " \
+        "run with --debug for details"
 
 
 if __name__ == "__main__":

@@ -1,5 +1,12 @@
-"""The command-line options every device verb shares (no imports: the boot
-path's ``boot-select`` uses them too)."""
+"""The command-line options every device verb shares, and who runs a verb
+(no imports: the boot path's ``boot-select`` uses them too)."""
+
+import os
+
+
+def who() -> str:
+    """The operator, for the history log."""
+    return os.environ.get("SUDO_USER") or os.environ.get("USER") or f"uid {os.getuid()}"
 
 
 def add_device_arguments(parser) -> None:

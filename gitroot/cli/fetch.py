@@ -26,37 +26,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gitroot.device.fetch import Fetcher, FetchSettings, reboot
-    from gitroot.device.remoteconfig import effective_settings, fetch_remote_settings
+    from gitroot.device.fetch import Fetcher, reboot
+    from gitroot.device.settings import device_settings, fetch_settings
+    from gitroot.git.repository import open_or_init_bare
 
     device = device_from_args(args)
-    config = device.config
-    remote = fetch_remote_settings(config.remote_config) if config.remote_config.url else None
-    effective = effective_settings(config, device.boot, remote)
+    effective = device_settings(device)
     if effective.noupgrade:
         log.info("noupgrade (from %s): not fetching", ", ".join(effective.noupgrade_sources))
         print("skipped: noupgrade")
         return 0
-    if args.source:
-        sources = [args.source]
-        config.require_trust()
-    else:
-        sources = list(config.remotes)
-        config.require_fetchable()
-    keys = config.trusted_keys
-    settings = FetchSettings(
-        repository=device.repository, state_dir=device.state_dir,
-        boot_dir=config.boot_dir, branch=args.branch or effective.branch,
-        sources=sources, policy=config.signature_policy,
-        allowed_signers=keys.allowed_signers, keyring=keys.keyring,
-        tries=config.tries, max_signature_age=config.max_signature_age,
+    settings = fetch_settings(
+        device, effective, source=args.source, branch=args.branch,
         allow_downgrade=args.allow_downgrade,
-        progress=sys.stderr.isatty() if args.progress is None else args.progress,
-        pinned=effective.pinned, pinned_source=effective.pinned_source,
-    )
-    from gitroot.git.repository import open_or_init_bare
-    repo = open_or_init_bare(device.repository)
-    outcome = Fetcher(settings, repo).run()
+        progress=sys.stderr.isatty() if args.progress is None else args.progress)
+    outcome = Fetcher(settings, open_or_init_bare(device.repository)).run()
     print(f"{outcome.result}: {outcome.message}")
     if outcome.result == "pinned" and args.reboot:
         reboot()

@@ -4,7 +4,8 @@ import argparse
 
 from gitroot.cli.device_args import add_device_arguments
 from gitroot.device.context import device_from_args
-from gitroot.boot.state import booted_commit, mark_good
+from gitroot.boot.state import booted_commit
+from gitroot.boot.transitions import mark_good
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,13 +1,13 @@
 """gitroot pin REV | gitroot pin --release: choose the next boot's release by hand."""
 
 import argparse
-import os
+import time
 
-from gitroot.cli.device_args import add_device_arguments
+from gitroot.boot.transitions import release_hold, schedule_trial
+from gitroot.cli.device_args import add_device_arguments, who
 from gitroot.device.context import device_from_args
 from gitroot.errors import UsageError
 from gitroot.git.repository import resolve_commit
-from gitroot.boot.state import schedule_trial
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,18 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tries", type=int, help="boot attempts before falling back")
 
 
-def who() -> str:
-    return os.environ.get("SUDO_USER") or os.environ.get("USER") or f"uid {os.getuid()}"
-
-
 def run(args: argparse.Namespace) -> int:
     device = device_from_args(args)
     store = device.store()
     with store.locked():
         state = store.load()
         if args.release:
-            from dataclasses import replace
-            store.save(replace(state, hold=False), "release", who(), None,
+            store.save(release_hold(state), "release", who(), None,
                        "upgrades resumed")
             print("upgrades resumed")
             return 0
@@ -39,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         from gitroot.serve.vfs import RootView
         RootView(device.repo, commit)       # refuse what cannot be mounted
         tries = args.tries or device.config.tries
-        store.save(schedule_trial(state, commit, tries, hold=True), "pin", who(), commit,
+        store.save(schedule_trial(state, commit, tries, hold=True, now=time.time()), "pin", who(), commit,
                    f"pinned {args.rev} by hand; upgrades held")
     print(f"pinned {commit[:12]} for the next boot ({tries} tries, then back to the last "
           "good release); upgrades held until 'gitroot pin --release'")

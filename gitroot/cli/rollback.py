@@ -1,12 +1,12 @@
 """gitroot rollback: back to the previous good release."""
 
 import argparse
+import time
 
-from gitroot.cli.pin import who
-from gitroot.cli.device_args import add_device_arguments
+from gitroot.boot.state import booted_commit
+from gitroot.boot.transitions import rollback
+from gitroot.cli.device_args import add_device_arguments, who
 from gitroot.device.context import device_from_args
-from gitroot.errors import UsageError
-from gitroot.boot.state import booted_commit, schedule_trial
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,21 +17,12 @@ def run(args: argparse.Namespace) -> int:
     device = device_from_args(args)
     store = device.store()
     with store.locked():
-        state = store.load()
-        booted = booted_commit()
-        if state.trial is not None and booted != state.trial.commit:
-            # A scheduled release not yet booted: cancel it.
-            from dataclasses import replace
-            store.save(replace(state, trial=None, hold=True), "rollback", who(),
-                       state.last_good, f"cancelled trial {state.trial.commit[:12]}")
-            print(f"cancelled the trial {state.trial.commit[:12]}; next boot: last good "
-                  f"{(state.last_good or '-')[:12]}; upgrades held")
-            return 0
-        target = state.previous_good
-        if target is None:
-            raise UsageError("no previous good release to roll back to")
-        store.save(schedule_trial(state, target, device.config.tries, hold=True),
-                   "rollback", who(), target, "back to the previous good release")
-    print(f"next boot: previous good release {target[:12]}; upgrades held until "
-          "'gitroot pin --release'")
+        result = rollback(store.load(), booted_commit(), device.config.tries, time.time())
+        store.save(result.state, "rollback", who(), result.commit, result.detail)
+    if result.cancelled:
+        print(f"cancelled the trial {result.cancelled[:12]}; next boot: last good "
+              f"{(result.commit or '-')[:12]}; upgrades held")
+    else:
+        print(f"next boot: previous good release {result.commit[:12]}; upgrades held until "
+              "'gitroot pin --release'")
     return 0

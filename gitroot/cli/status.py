@@ -6,8 +6,7 @@ import time
 
 from gitroot.cli.device_args import add_device_arguments
 from gitroot.device.context import device_from_args, short
-from gitroot.errors import GitrootError
-from gitroot.boot.state import booted_record, next_boot
+from gitroot.device.status import collect
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,58 +14,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--no-verify", action="store_true",
                         help="do not check the signatures of the releases")
-
-
-def _verdict(device, commit):
-    if commit is None:
-        return None
-    from gitroot.signing.verify import TrustConfig, verify_revision
-    keys = device.config.trusted_keys
-    try:
-        v = verify_revision(device.repo, commit,
-                            TrustConfig(allowed_signers=keys.allowed_signers,
-                                        keyring=keys.keyring),
-                            device.config.signature_policy)
-    except GitrootError as err:
-        return {"ok": False, "message": str(err)}
-    return {"ok": True, "message": v.summary()}
-
-
-def collect(device, verify: bool = True) -> dict:
-    store = device.store(with_repo=False)
-    state = store.load()
-    booted = booted_record()
-    choice = next_boot(state, device.boot.update_revision)
-    out = {
-        "booted": booted,
-        "next_boot": None if choice is None else
-        {"commit": choice.commit, "reason": choice.reason, "detail": choice.detail},
-        "trial": None if state.trial is None else dict(vars(state.trial)),
-        "last_good": state.last_good,
-        "previous_good": state.previous_good,
-        "hold": state.hold,
-        "abandoned": None if state.abandoned is None else dict(vars(state.abandoned)),
-        "last_fetch": None if state.last_fetch is None else dict(vars(state.last_fetch)),
-        "pending_update": None,
-        "signatures": {},
-    }
-    base = (booted or {}).get("commit") or state.last_good
-    if state.trial is not None and base and base != state.trial.commit:
-        try:
-            from gitroot.device.diff import diff_commits
-            d = diff_commits(device.repo, base, state.trial.commit)
-            out["pending_update"] = {"from": base, "to": state.trial.commit,
-                                     "files_added": d.added, "files_removed": d.removed,
-                                     "files_changed": d.changed, "bytes": d.bytes}
-        except GitrootError as err:
-            out["pending_update"] = {"error": str(err)}
-    if verify:
-        for name in ("trial", "last_good"):
-            commit = state.trial.commit if name == "trial" and state.trial else \
-                (state.last_good if name == "last_good" else None)
-            if commit:
-                out["signatures"][name] = _verdict(device, commit)
-    return out
 
 
 def _when(ts):
@@ -80,6 +27,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0
     sig = info["signatures"]
+    if info["state_error"]:
+        print(f"state:         UNREADABLE: {info['state_error']} (the next pin, fetch or "
+              "rollback rewrites it)")
     booted = info["booted"]
     print(f"booted:        {short(booted['commit']) + ' (' + booted['detail'] + ')' if booted else 'unknown (not booted by gitroot)'}")
     nb = info["next_boot"]

@@ -3,6 +3,7 @@
 One run (``gitroot fetch``, at boot and from a timer):
 
 1. Take the fetch lock (``STATE_DIR/fetch.lock``); a second fetch fails at once.
+   The state lock is taken only to decide and record (steps 4-5).
 2. Decide the branch: ``fetch-revision=`` on the kernel command line, else
    the remote configuration document, else the config file.  ``noupgrade``
    from any of them means no fetch at all.
@@ -21,13 +22,11 @@ Refusals and failures are recorded in the state's ``last_fetch`` so that
 untouched.
 
 Threading: one fetch per device at a time (the lock); the fetcher holds a
-repository handle and a :class:`gitroot.state.StateStore`.
+repository handle and a :class:`gitroot.boot.state.StateStore`.
 """
 
 import logging
 import os
-import re
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, replace
@@ -36,7 +35,10 @@ from typing import List, Optional
 import pygit2
 
 from gitroot.errors import (FetchError, GitrootError, RefusedReleaseError, SignatureError)
-from gitroot.boot.state import FetchRecord, StateStore, atomic_write, booted_commit, schedule_trial
+from gitroot.boot.state import FETCH_LOCK_FILE, FetchRecord, StateStore, booted_commit
+from gitroot.boot.transitions import schedule_trial
+from gitroot.device.bootfiles import install_boot_files
+from gitroot.git.command import failure_summary, run_git
 
 log = logging.getLogger(__name__)
 
@@ -90,21 +92,32 @@ class Fetcher:
         if not s.sources:
             raise FetchError("no remote to fetch from: set 'remotes' in the config "
                              "or pass --from")
-        with self.store.locked(blocking=False):
+        # The fetch lock covers the transfer; the state lock only the
+        # decision and its record (a boot's mark-good must not wait behind a
+        # download: every boot spent waiting is a try used up).
+        with self.store.locked(blocking=False, name=FETCH_LOCK_FILE):
             try:
                 commit = self._transfer()
                 if s.pinned:
-                    return self._debug_pin(s.pinned)
-                outcome = self._consider(commit)
-            except GitrootError as err:
+                    pinned = self._resolve_or_fetch(s.pinned)
+                    with self.store.locked():
+                        return self._debug_pin(s.pinned, pinned)
+                with self.store.locked():
+                    return self._consider(commit)
+            except Exception as err:
+                # Whatever ended this fetch is recorded, so status can say
+                # why nothing was pinned; cli.main() words the error itself.
                 result = "refused" if isinstance(err, (RefusedReleaseError, SignatureError)) \
                     else "failed"
-                self._record(FetchRecord(time.time(), result, str(err), branch=s.branch))
+                message = str(err) if isinstance(err, GitrootError) else \
+                    f"{type(err).__name__}: {err}"
+                with self.store.locked():
+                    self._record(FetchRecord(time.time(), result, message, branch=s.branch))
                 raise
-        return outcome
 
     def _record(self, record: FetchRecord, state=None, action: str = "",
                 commit: Optional[str] = None) -> None:
+        """Save *record* as the last fetch (the caller holds the state lock)."""
         state = state if state is not None else self.store.load()
         self.store.save(replace(state, last_fetch=record), action, "fetch", commit,
                         record.message)
@@ -116,7 +129,7 @@ class Fetcher:
             log.info("fetching %s from %s", s.branch, source)
             try:
                 if _is_static(source):
-                    from gitroot.publish.bundle import fetch_static
+                    from gitroot.device.static import fetch_static
                     state = self.store.load()
                     have = [c for c in (state.last_good, state.trial and state.trial.commit)
                             if c]
@@ -144,22 +157,18 @@ class Fetcher:
         s = self.settings
         if source.startswith("-"):
             raise FetchError(f"refusing remote {source!r}")
-        cmd = ["git", "-C", self.repo.path,
-               "-c", "protocol.file.allow=always",
-               "-c", "http.lowSpeedLimit=1024", "-c", "http.lowSpeedTime=60",
-               "-c", "fetch.fsckObjects=true", "-c", "transfer.fsckObjects=true",
-               "fetch", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
-               "--progress" if s.progress else "--quiet",
-               "--", source, refspec]
-        env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/true",
-                   LC_ALL="C")
-        proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL,
-                              stderr=None if s.progress else subprocess.PIPE)
+        args = ["-c", "protocol.file.allow=always",
+                "-c", "http.lowSpeedLimit=1024", "-c", "http.lowSpeedTime=60",
+                "-c", "fetch.fsckObjects=true", "-c", "transfer.fsckObjects=true",
+                "fetch", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
+                "--progress" if s.progress else "--quiet",
+                "--", source, refspec]
+        proc = run_git(self.repo.path, *args, stdout=subprocess.DEVNULL,
+                       stderr=None if s.progress else subprocess.PIPE)
         if proc.returncode != 0:
             what = s.branch if refspec.startswith("+refs/heads/") else refspec.split(":")[0][1:]
             raise FetchError(f"fetching {what} from {source} failed: "
-                             f"{_git_failure(proc.stderr, proc.returncode)}")
+                             f"{failure_summary(proc.stderr, proc.returncode)}")
 
     # -- deciding --------------------------------------------------------
 
@@ -210,7 +219,7 @@ class Fetcher:
             install_boot_files(self.repo, commit, s.boot_dir,
                                keep=[c for c in (booted_commit(), state.last_good,
                                                  state.previous_good) if c])
-        new_state = schedule_trial(state, commit, s.tries, hold=False)
+        new_state = schedule_trial(state, commit, s.tries, hold=False, now=time.time())
         msg = f"pinned {commit[:12]} from {s.branch} as the next boot's trial " \
               f"({s.tries} tries; {verdict_text})"
         self._record(FetchRecord(time.time(), "pinned", msg, commit, s.branch, verdict_text),
@@ -218,12 +227,11 @@ class Fetcher:
         log.info("%s", msg)
         return FetchOutcome("pinned", msg, commit)
 
-    def _debug_pin(self, rev: str) -> FetchOutcome:
-        """Make sure the update-revision is here and signed; schedule it when
-        the remote document asked for it (the kernel command line's pin is
-        booted directly by the boot path)."""
+    def _debug_pin(self, rev: str, commit: str) -> FetchOutcome:
+        """Make sure the update-revision is signed; schedule it when the
+        remote document asked for it (the kernel command line's pin is
+        booted directly by the boot path).  Caller holds the state lock."""
         s = self.settings
-        commit = self._resolve_or_fetch(rev)
         verdict_text = self._verify(commit).summary()
         state = self.store.load()
         if s.pinned_source != "remote":
@@ -237,7 +245,7 @@ class Fetcher:
             self._record(FetchRecord(time.time(), "up-to-date", msg, commit, s.branch,
                                      verdict_text), state)
             return FetchOutcome("up-to-date", msg, commit)
-        new_state = schedule_trial(state, commit, s.tries, hold=True)
+        new_state = schedule_trial(state, commit, s.tries, hold=True, now=time.time())
         msg = (f"pinned {commit[:12]} (update-revision {rev} from the remote configuration) "
                f"as the next boot's trial, upgrades held ({verdict_text})")
         self._record(FetchRecord(time.time(), "pinned", msg, commit, s.branch, verdict_text),
@@ -269,8 +277,7 @@ class Fetcher:
     def _descends(self, commit: str, base: str) -> bool:
         """Is *commit* *base* or a descendant of it?  Asked of git itself,
         which honours the shallow boundary ``gitroot gc`` leaves."""
-        proc = subprocess.run(["git", "-C", self.repo.path, "merge-base", "--is-ancestor",
-                               base, commit], capture_output=True)
+        proc = run_git(self.repo.path, "merge-base", "--is-ancestor", base, commit)
         return proc.returncode == 0
 
     def _verify(self, commit: str):
@@ -284,94 +291,9 @@ class Fetcher:
         return verdict
 
 
-def _git_failure(stderr: Optional[bytes], returncode: int) -> str:
-    """The lines of git's stderr that say what went wrong (git ends with a
-    generic 'fatal: index-pack failed'; the cause, such as 'No space left on
-    device', comes before it)."""
-    lines = [line.strip() for line in (stderr or b"").decode(errors="replace").splitlines()]
-    lines = [line for line in lines if line.startswith(("error:", "fatal:"))] or \
-        [line for line in lines if line]
-    return "; ".join(dict.fromkeys(lines[-3:])) or f"git exited {returncode}"
-
-
-
 def _is_static(source: str) -> bool:
     return source.startswith(("http://", "https://")) and \
         (source.endswith("/") or source.endswith("/index.json"))
-
-
-# -- kernel and initrd -------------------------------------------------------
-
-KERNEL_NAMES = (b"vmlinuz", b"initrd.img")
-
-
-def _release_boot_files(repo: pygit2.Repository, commit: str) -> dict:
-    """{name: bytes} of the release's kernel and initrd (newest in /boot)."""
-    from gitroot.serve.vfs import EntryError, RootView
-    view = RootView(repo, commit)
-    found = {}
-    try:
-        names = view.listdir(b"boot")
-    except (FileNotFoundError, NotADirectoryError, EntryError):
-        return found
-    for kind in KERNEL_NAMES:
-        candidates = sorted((n for n in names if n.startswith(kind + b"-")),
-                            key=_version_key)
-        for name in reversed(candidates):
-            try:
-                found[kind.decode()] = view.read_file(b"boot/" + name, 1 << 40, 0)
-                break
-            except (OSError, EntryError) as err:
-                log.warning("boot/%s unreadable: %s", name.decode(errors="replace"), err)
-    return found
-
-
-def _version_key(name: bytes):
-    return [int(p) if p.isdigit() else p for p in re.split(rb"(\d+)", name)]
-
-
-def install_boot_files(repo: pygit2.Repository, commit: str, boot_dir: str,
-                       keep: List[str]) -> None:
-    """Install *commit*'s kernel and initrd as BOOT/gitroot/<commit>/ and point
-    BOOT/gitroot/trial at it; remove releases other than *keep* and it."""
-    files = _release_boot_files(repo, commit)
-    base = os.path.join(boot_dir, "gitroot")
-    if not files:
-        log.info("release %s has no kernel in /boot; boot files left as they are", commit[:12])
-        return
-    target = os.path.join(base, commit)
-    for name, data in files.items():
-        path = os.path.join(target, name)
-        if not _same_content(path, data):
-            atomic_write(path, data)
-    _atomic_symlink(commit, os.path.join(base, "trial"))
-    for entry in os.listdir(base):
-        if len(entry) == 40 and entry not in keep and entry != commit:
-            shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
-    log.info("installed %s into %s", ", ".join(sorted(files)), target)
-
-
-def _same_content(path: str, data: bytes) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read() == data
-    except OSError:
-        return False
-
-
-def _atomic_symlink(target: str, link: str) -> None:
-    tmp = f"{link}.tmp.{os.getpid()}"
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
-    dfd = os.open(os.path.dirname(link), os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def reboot() -> None:

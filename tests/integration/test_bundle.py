@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from conftest import gitroot_cmd
-from gitroot.publish.bundle import (BundleEntry, StaticIndex, choose_chain, fetch_static,
-                            parse_bundle_header, parse_index)
+from gitroot.device.static import fetch_static
+from gitroot.git.bundle import (BundleEntry, StaticIndex, choose_chain, parse_bundle_header,
+                                parse_index)
 from gitroot.errors import FetchError
 
 BRANCH = "stable"

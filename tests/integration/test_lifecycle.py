@@ -239,12 +239,12 @@ def test_fetch_revision_on_the_command_line_picks_the_branch(world):
 
 def test_two_fetches_at_once_are_refused(world):
     publisher, device, first, server = world
-    store_lock = os.path.join(device.state_dir, "lock")
+    store_lock = os.path.join(device.state_dir, "fetch.lock")
     import fcntl
     with open(store_lock, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         proc = device.run("fetch", check=False)
-    assert proc.returncode != 0 and "locked" in proc.stderr
+    assert proc.returncode == 8 and "a fetch is already running" in proc.stderr
 
 
 def _fetch_in_background(device):

@@ -1,0 +1,437 @@
+"""Fetching from a static directory of bundles (docs/server.md).
+
+:func:`fetch_static`, called by :mod:`gitroot.device.fetch`: read the index,
+choose the cheapest chain of bundles from a commit the device has to the
+branch's head, download each with resume (HTTP Range into a ``.part`` file;
+size and SHA-256 checked at the end), decompress, check the header, and
+``git fetch`` it into ``refs/gitroot/incoming/BRANCH`` -- the only ref this
+module ever moves -- then rewrite the received packs zlib-compressed.
+Signature checks and pins are the fetcher's job.
+
+Everything from the server is hostile: the index is size-capped and every
+field checked (:mod:`gitroot.git.bundle`); a file name is a plain name in
+the same directory; a download may not exceed the size the index gives;
+decompressed output is capped; the bundle's header must name exactly the
+commits the index promised; git checks every object (``fetch.fsckObjects``).
+
+Threading: no shared state.  Each call owns its files; the fetch lock keeps
+two fetches from sharing a download directory.
+"""
+
+import hashlib
+import logging
+import lzma
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
+from urllib.parse import quote, urljoin, urlsplit
+
+from gitroot.errors import FetchError
+from gitroot.git.bundle import (BUNDLE_SUFFIX, CHUNK, HEX40, INDEX_NAME, MAX_HEADER_BYTES,
+                                MAX_INDEX_BYTES, XZ_MAGIC, BundleEntry, choose_chain,
+                                parse_bundle_header, parse_index)
+from gitroot.git.command import failure_summary, run_git
+from gitroot.git.refs import branch_name_problem
+
+if TYPE_CHECKING:  # imported at run time only where used
+    import pygit2
+    import requests
+
+log = logging.getLogger(__name__)
+
+INCOMING = "refs/gitroot/incoming/"
+MAX_BUNDLE_BYTES = 16 << 30
+MAX_UNPACKED_BYTES = 64 << 30
+
+
+@dataclass(frozen=True)
+class FetchProgress:
+    """One progress report of :func:`fetch_static`."""
+
+    phase: str          # "index" | "download" | "unpack" | "fetch" | "done"
+    bundle: int         # 1-based position in the chain (0 for the index)
+    bundles: int        # length of the chain
+    file: str
+    done: int           # bytes so far in this phase of this bundle
+    total: int
+
+
+ProgressCallback = Callable[[FetchProgress], None]
+
+
+# -- fetching --------------------------------------------------------------
+
+def fetch_static(base_url: str, repo: Union["pygit2.Repository", str, "os.PathLike[str]"],
+                 branch: str,
+                 have: Sequence[str], workdir: str,
+                 progress: Optional[ProgressCallback] = None, *,
+                 timeout: float = 30.0,
+                 session: Optional["requests.Session"] = None,
+                 max_index_bytes: int = MAX_INDEX_BYTES,
+                 max_bundle_bytes: int = MAX_BUNDLE_BYTES,
+                 max_unpacked_bytes: int = MAX_UNPACKED_BYTES) -> str:
+    """Bring *branch*'s newest release from a static directory into *repo*.
+
+    *base_url* is the directory (``https://host/path/``) or its
+    ``index.json``.  *have* lists commits the device already holds (the
+    cheapest bundle chain starts from one of them; those missing from the
+    repository are ignored).  Downloads go to *workdir* as
+    ``SHA256.bundle.xz.part`` and resume where an interrupted call stopped;
+    they are deleted once fetched.
+
+    Returns the head commit id, which ``refs/gitroot/incoming/BRANCH`` then
+    names.  No other ref changes, ever; on any error that ref is left as it
+    was.  Raises :class:`FetchError` (network, server, bad index, a
+    download of the wrong size or checksum, a bundle that is not what the
+    index says, git refusing it).
+    """
+    import requests
+
+    repo_path = os.fspath(repo) if isinstance(repo, (str, os.PathLike)) else repo.path
+    repo_path = repo_path.rstrip("/") or "/"
+    problem = branch_name_problem(branch)
+    if problem is not None:
+        raise FetchError(f"invalid branch name {branch!r}: {problem}")
+    scheme = urlsplit(base_url).scheme
+    if scheme not in ("http", "https"):
+        raise FetchError(f"{base_url}: a static bundle directory must be http(s)")
+    index_url = base_url if base_url.endswith("/" + INDEX_NAME) else \
+        base_url.rstrip("/") + "/" + INDEX_NAME
+    os.makedirs(workdir, exist_ok=True)
+    ref = INCOMING + branch
+
+    own_session = session is None
+    http = session if session is not None else requests.Session()
+    if own_session:
+        from gitroot import __version__
+        http.headers["User-Agent"] = f"gitroot/{__version__}"
+    try:
+        _report(progress, "index", 0, 0, INDEX_NAME, 0, 0)
+        index = parse_index(_download_small(http, index_url, max_index_bytes, timeout),
+                            index_url)
+        present = [c for c in dict.fromkeys(have) if HEX40.fullmatch(c or "")
+                   and _has_commit(repo_path, c)]
+        head = index.heads.get(branch)
+        if head is not None and _has_commit(repo_path, head):
+            present.append(head)
+        chain = choose_chain(index, branch, present)
+        if not chain:
+            _set_ref(repo_path, ref, index.heads[branch])
+            _report(progress, "done", 0, 0, "", 0, 0)
+            return index.heads[branch]
+        for bundle in chain:
+            if bundle.size > max_bundle_bytes:
+                raise FetchError(f"{bundle.file}: {bundle.size} bytes is more than the "
+                                 f"{max_bundle_bytes} allowed")
+        log.info("fetching %s: %d bundle(s), %d bytes", branch, len(chain),
+                 sum(b.size for b in chain))
+        files = []
+        for number, bundle in enumerate(chain, 1):
+            url = urljoin(index_url, quote(bundle.file))
+            files.append(_download_bundle(http, url, bundle, workdir, timeout,
+                                          lambda done, total, n=number, f=bundle.file:
+                                          _report(progress, "download", n, len(chain), f,
+                                                  done, total)))
+    except requests.RequestException as err:
+        raise FetchError(f"{base_url}: {_describe_request_error(err)}") from None
+    finally:
+        if own_session:
+            http.close()
+
+    old_target = _read_ref(repo_path, ref)
+    packs_before = _pack_files(repo_path)
+    try:
+        for number, (bundle, path) in enumerate(zip(chain, files), 1):
+            unpacked = path[:-len(".xz")]
+            try:
+                _decompress(path, unpacked, max_unpacked_bytes,
+                            lambda done, n=number, f=bundle.file:
+                            _report(progress, "unpack", n, len(chain), f, done, 0))
+                _check_header(unpacked, bundle)
+                _report(progress, "fetch", number, len(chain), bundle.file, 0, 0)
+                _git_fetch_bundle(repo_path, unpacked, branch, bundle)
+            finally:
+                _unlink(unpacked)
+    except BaseException:
+        _restore_ref(repo_path, ref, old_target)
+        raise
+    for path in files:
+        _unlink(path)
+    _store_compressed(repo_path, sorted(_pack_files(repo_path) - packs_before))
+    head = chain[-1].to_commit
+    _report(progress, "done", len(chain), len(chain), chain[-1].file, 0, 0)
+    return head
+
+
+def _report(progress: Optional[ProgressCallback], phase: str, number: int, count: int,
+            name: str, done: int, total: int) -> None:
+    if progress is not None:
+        progress(FetchProgress(phase, number, count, name, done, total))
+
+
+def _describe_request_error(err: Exception) -> str:
+    import requests
+
+    if isinstance(err, requests.Timeout):
+        return "the server did not answer in time"
+    if isinstance(err, requests.ConnectionError):
+        return f"connection failed ({type(err).__name__})"
+    return f"{type(err).__name__}: {err}"
+
+
+def _download_small(http: "requests.Session", url: str, limit: int, timeout: float) -> bytes:
+    with http.get(url, stream=True, timeout=timeout) as response:
+        if response.status_code != 200:
+            raise FetchError(f"{url}: HTTP {response.status_code}")
+        declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise FetchError(f"{url}: {declared} bytes is more than the {limit} allowed")
+        data = bytearray()
+        for chunk in response.iter_content(CHUNK):
+            data += chunk
+            if len(data) > limit:
+                raise FetchError(f"{url}: more than the {limit} bytes allowed")
+    return bytes(data)
+
+
+def _download_bundle(http: "requests.Session", url: str, bundle: BundleEntry,
+                     workdir: str, timeout: float,
+                     report: Callable[[int, int], None]) -> str:
+    """Download *bundle* to WORKDIR/SHA256.bundle.xz, resuming a ``.part`` file.
+
+    The local name comes from the checksum, never from the server.  Returns
+    the path once size and SHA-256 match; a mismatch deletes the ``.part``
+    (the next try starts over).  An interrupted transfer keeps it.
+    """
+    import requests
+
+    final = os.path.join(workdir, bundle.sha256 + BUNDLE_SUFFIX)
+    part = final + ".part"
+    if os.path.exists(final):
+        if _file_matches(final, bundle):
+            return final
+        _unlink(final)
+    digest = hashlib.sha256()
+    have = 0
+    if os.path.exists(part):
+        if os.path.getsize(part) > bundle.size:
+            _unlink(part)
+        else:
+            with open(part, "rb") as stream:
+                for chunk in iter(lambda: stream.read(1 << 20), b""):
+                    digest.update(chunk)
+                    have += len(chunk)
+    if have < bundle.size:
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        with http.get(url, stream=True, timeout=timeout, headers=headers) as response:
+            if have and response.status_code == 206:
+                if not _content_range_starts_at(response.headers.get("Content-Range"),
+                                                have, bundle.size):
+                    raise FetchError(f"{url}: the server answered a resumed download with "
+                                     f"the wrong range "
+                                     f"({response.headers.get('Content-Range')!r})")
+                log.info("resuming %s at byte %d of %d", bundle.file, have, bundle.size)
+                mode = "ab"
+            elif response.status_code == 200:
+                if have:
+                    log.info("%s: the server does not resume; starting over", bundle.file)
+                digest, have, mode = hashlib.sha256(), 0, "wb"
+            elif response.status_code == 416 and have:
+                _unlink(part)   # the server's file is not what we started on
+                raise FetchError(f"{url}: the server refused to resume (HTTP 416); the "
+                                 "partial download was discarded")
+            else:
+                raise FetchError(f"{url}: HTTP {response.status_code}")
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and have + int(declared) > bundle.size:
+                if mode == "wb":
+                    _unlink(part)
+                raise FetchError(f"{url}: the server sends {have + int(declared)} bytes, "
+                                 f"the index says {bundle.size}")
+            report(have, bundle.size)
+            with open(part, mode) as out:
+                try:
+                    chunks = response.iter_content(CHUNK)
+                    while True:
+                        try:
+                            chunk = next(chunks, b"")
+                        except requests.RequestException as err:
+                            raise FetchError(
+                                f"{url}: download interrupted at {have} of {bundle.size} "
+                                f"bytes ({_describe_request_error(err)}); the next fetch "
+                                "resumes it") from None
+                        if not chunk:
+                            break
+                        if have + len(chunk) > bundle.size:
+                            out.close()
+                            _unlink(part)
+                            raise FetchError(f"{url}: more bytes than the {bundle.size} "
+                                             "the index gives; download discarded")
+                        out.write(chunk)
+                        digest.update(chunk)
+                        have += len(chunk)
+                        report(have, bundle.size)
+                finally:
+                    if not out.closed:
+                        out.flush()
+                        os.fsync(out.fileno())
+    if have != bundle.size:
+        raise FetchError(f"{url}: download interrupted at {have} of {bundle.size} bytes "
+                         "(the next fetch resumes it)")
+    if digest.hexdigest() != bundle.sha256:
+        _unlink(part)
+        raise FetchError(f"{url}: SHA-256 {digest.hexdigest()[:16]}... is not the "
+                         f"index's {bundle.sha256[:16]}...; download discarded")
+    os.replace(part, final)
+    return final
+
+
+def _content_range_starts_at(value: Optional[str], start: int, size: int) -> bool:
+    match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (value or "").strip())
+    if not match:
+        return False
+    return int(match.group(1)) == start and match.group(3) in (str(size), "*")
+
+
+def _file_matches(path: str, bundle: BundleEntry) -> bool:
+    if os.path.getsize(path) != bundle.size:
+        return False
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest() == bundle.sha256
+
+
+def _decompress(path: str, target: str, limit: int, report: Callable[[int], None]) -> None:
+    """xz-decompress *path* to *target*, at most *limit* bytes out."""
+    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    written = 0
+    try:
+        with open(path, "rb") as source, open(target, "wb") as out:
+            if source.read(len(XZ_MAGIC)) != XZ_MAGIC:
+                raise FetchError(f"{os.path.basename(path)}: not an xz file")
+            source.seek(0)
+            while not decompressor.eof:
+                chunk = source.read(CHUNK) if decompressor.needs_input else b""
+                if not chunk and decompressor.needs_input:
+                    raise FetchError(f"{os.path.basename(path)}: truncated xz data")
+                data = decompressor.decompress(chunk, max_length=1 << 20)
+                written += len(data)
+                if written > limit:
+                    raise FetchError(f"{os.path.basename(path)}: decompresses to more than "
+                                     f"{limit} bytes")
+                out.write(data)
+                report(written)
+            if source.read(1):
+                raise FetchError(f"{os.path.basename(path)}: data after the xz stream")
+    except lzma.LZMAError as err:
+        raise FetchError(f"{os.path.basename(path)}: corrupt xz data ({err})") from None
+    except OSError as err:
+        raise FetchError(f"cannot unpack {os.path.basename(path)}: {err.strerror}") from None
+
+
+def _check_header(path: str, bundle: BundleEntry) -> None:
+    """The bundle must carry exactly the branch and commits the index promised."""
+    with open(path, "rb") as stream:
+        head = stream.read(MAX_HEADER_BYTES)
+    try:
+        header = parse_bundle_header(head)
+    except ValueError as err:
+        raise FetchError(f"{bundle.file}: {err}") from None
+    expected_prereqs = (bundle.from_commit,) if bundle.from_commit else ()
+    if header.prerequisites != expected_prereqs or \
+            header.refs != ((f"refs/heads/{bundle.branch}", bundle.to_commit),):
+        raise FetchError(f"{bundle.file}: the bundle is not what the index says "
+                         f"({bundle.from_commit or 'full'}..{bundle.to_commit[:12]} of "
+                         f"{bundle.branch})")
+
+
+def _git_fetch_bundle(repo_path: str, bundle_path: str, branch: str,
+                      bundle: BundleEntry) -> None:
+    ref = INCOMING + branch
+    proc = run_git(repo_path,
+                "-c", "fetch.fsckObjects=true", "-c", "transfer.fsckObjects=true",
+                "-c", "gc.auto=0", "-c", "maintenance.auto=false",
+                "fetch", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
+                "--quiet", "--", os.path.abspath(bundle_path),
+                f"+refs/heads/{branch}:{ref}")
+    if proc.returncode != 0:
+        raise FetchError(f"git refused {bundle.file}: {failure_summary(proc.stderr, proc.returncode)}")
+    if _read_ref(repo_path, ref) != bundle.to_commit:
+        raise FetchError(f"{bundle.file}: {ref} is not {bundle.to_commit[:12]} after fetch")
+
+
+def _pack_files(repo_path: str) -> set:
+    pack_dir = os.path.join(repo_path, "objects", "pack")
+    try:
+        return {os.path.join(pack_dir, n) for n in os.listdir(pack_dir)
+                if n.startswith("pack-") and n.endswith(".pack")}
+    except FileNotFoundError:
+        return set()
+
+
+def _store_compressed(repo_path: str, packs: Sequence[str]) -> None:
+    """Rewrite freshly fetched *packs* with zlib-compressed objects.
+
+    A bundle's objects travel without zlib (xz compresses them better), and
+    ``git fetch`` keeps a pack as received: stored like that a release takes
+    about twice the disk, and ``git gc`` copies objects as stored, so it would
+    never shrink them.  The new pack is complete before the old one goes, so
+    a crash in between leaves both (harmless duplicates).  A failure here is
+    only a warning: the objects are safely stored either way.
+    """
+    for pack in packs:
+        base = pack[:-len(".pack")]
+        with open(base + ".idx", "rb") as idx:
+            listed = subprocess.run(["git", "show-index"], stdin=idx, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+        ids = [line.split()[1] for line in listed.stdout.decode().splitlines()]
+        if listed.returncode != 0 or not ids:
+            log.warning("cannot list %s; leaving it as received", pack)
+            continue
+        proc = run_git(repo_path, "-c", "pack.compression=-1", "pack-objects", "-q",
+                    "--no-reuse-object", "--delta-base-offset",
+                    os.path.join(repo_path, "objects", "pack", "pack"),
+                    input="\n".join(ids).encode() + b"\n")
+        new_base = os.path.join(repo_path, "objects", "pack",
+                                "pack-" + proc.stdout.decode().strip())
+        if proc.returncode != 0 or not os.path.exists(new_base + ".idx"):
+            log.warning("cannot recompress %s: %s", pack, failure_summary(proc.stderr, proc.returncode))
+            continue
+        if new_base != base:
+            for suffix in (".idx", ".pack", ".rev", ".bitmap"):
+                _unlink(base + suffix)
+
+
+def _has_commit(repo_path: str, commit: str) -> bool:
+    return run_git(repo_path, "cat-file", "-e", f"{commit}^{{commit}}").returncode == 0
+
+
+def _read_ref(repo_path: str, ref: str) -> Optional[str]:
+    proc = run_git(repo_path, "rev-parse", "--verify", "--quiet", ref)
+    return proc.stdout.decode().strip() if proc.returncode == 0 else None
+
+
+def _set_ref(repo_path: str, ref: str, commit: str) -> None:
+    proc = run_git(repo_path, "update-ref", "-m", "gitroot: static fetch", ref, commit)
+    if proc.returncode != 0:
+        raise FetchError(f"cannot set {ref}: {failure_summary(proc.stderr, proc.returncode)}")
+
+
+def _restore_ref(repo_path: str, ref: str, target: Optional[str]) -> None:
+    if _read_ref(repo_path, ref) == target:
+        return
+    if target is None:
+        run_git(repo_path, "update-ref", "-d", ref)
+    else:
+        run_git(repo_path, "update-ref", "-m", "gitroot: static fetch failed", ref, target)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

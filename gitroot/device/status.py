@@ -1,0 +1,74 @@
+"""What ``gitroot status`` reports about a device, collected as data.
+
+Reads the state, the boot record and the repository; changes nothing.
+"""
+
+import time
+from typing import Optional
+
+from gitroot.boot.state import State, booted_record
+from gitroot.boot.transitions import next_boot
+from gitroot.device.context import Device
+from gitroot.errors import GitrootError, StateError
+
+
+def _verdict(device: Device, commit: Optional[str]) -> Optional[dict]:
+    if commit is None:
+        return None
+    from gitroot.signing.verify import TrustConfig, verify_revision
+    keys = device.config.trusted_keys
+    try:
+        v = verify_revision(device.repo, commit,
+                            TrustConfig(allowed_signers=keys.allowed_signers,
+                                        keyring=keys.keyring),
+                            device.config.signature_policy)
+    except GitrootError as err:
+        return {"ok": False, "message": str(err)}
+    return {"ok": True, "message": v.summary()}
+
+
+def collect(device: Device, verify: bool = True) -> dict:
+    """Everything `gitroot status` shows, as plain JSON-able data.
+
+    A state file that cannot be read is reported in ``state_error`` (status is
+    how an operator finds out), not raised.
+    """
+    store = device.store(with_repo=False)
+    state_error = None
+    try:
+        state = store.load()
+    except StateError as err:
+        state, state_error = State(), str(err)
+    booted = booted_record()
+    choice = next_boot(state, device.boot.update_revision, time.time())
+    out = {
+        "booted": booted,
+        "next_boot": None if choice is None else
+        {"commit": choice.commit, "reason": choice.reason, "detail": choice.detail},
+        "trial": None if state.trial is None else dict(vars(state.trial)),
+        "last_good": state.last_good,
+        "previous_good": state.previous_good,
+        "hold": state.hold,
+        "abandoned": None if state.abandoned is None else dict(vars(state.abandoned)),
+        "last_fetch": None if state.last_fetch is None else dict(vars(state.last_fetch)),
+        "pending_update": None,
+        "signatures": {},
+        "state_error": state_error,
+    }
+    base = (booted or {}).get("commit") or state.last_good
+    if state.trial is not None and base and base != state.trial.commit:
+        try:
+            from gitroot.device.diff import diff_commits
+            d = diff_commits(device.repo, base, state.trial.commit)
+            out["pending_update"] = {"from": base, "to": state.trial.commit,
+                                     "files_added": d.added, "files_removed": d.removed,
+                                     "files_changed": d.changed, "bytes": d.bytes}
+        except GitrootError as err:
+            out["pending_update"] = {"error": str(err)}
+    if verify:
+        for name in ("trial", "last_good"):
+            commit = state.trial.commit if name == "trial" and state.trial else \
+                (state.last_good if name == "last_good" else None)
+            if commit:
+                out["signatures"][name] = _verdict(device, commit)
+    return out
