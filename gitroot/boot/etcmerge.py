@@ -57,7 +57,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from gitroot.errors import GitrootError
+from gitroot.errors import PersistError
 
 TEXT_MERGE_LIMIT = 1 << 20     # bytes per side; larger files are merged as wholes
 MAX_ENTRIES = 100_000          # per tree: /etc holds a few thousand at most
@@ -67,10 +67,8 @@ REJECT_SUFFIX = ".rej"
 ORIGINAL_SUFFIX = ".orig"
 
 
-class MergeError(GitrootError):
+class MergeError(PersistError):
     """A tree cannot be read or the merged tree cannot be written."""
-
-    exit_code = 11
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from gitroot.boot import etcmerge
-from gitroot.boot.state import atomic_write
-from gitroot.errors import GitrootError
+from gitroot.atomic import fsync_dir, write_file as atomic_write
+from gitroot.errors import GitrootError, PersistError
 
 PERSIST_DIR = "persist"
 DECLARATION = "usr/lib/gitroot/persistence"
@@ -62,10 +62,6 @@ RESERVED = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx3
 _SAFE_PATH = re.compile(r"(/[A-Za-z0-9_@+-][A-Za-z0-9._@+-]*)+")
 _COMMIT = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
 _MACHINE_ID = re.compile(r"[0-9a-f]{32}")
-
-
-class PersistError(GitrootError):
-    exit_code = 12
 
 
 class DeclarationError(PersistError):
@@ -236,7 +232,7 @@ def prepare_etc(layout: Layout, commit: str, release_etc: str) -> dict:
             shutil.rmtree(building, ignore_errors=True)
             raise
         os.rename(building, target)
-        _fsync_dir(layout.etc)
+        fsync_dir(layout.etc)
     if layout.current_etc() != commit:
         atomic_write(layout.current, (commit + "\n").encode(), 0o644)
     record = layout.merge_record(commit)
@@ -270,14 +266,6 @@ def _build_etc(layout: Layout, commit: str, release_etc: str, building: str) -> 
 
 def _write_json(path: str, data: dict) -> None:
     atomic_write(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- machine-id -------------------------------------------------------------------------
@@ -349,7 +337,7 @@ def apply_factory_reset(layout: Layout) -> bool:
             # renames first: a power cut leaves the reset half-renamed, and the
             # marker (removed only after) makes the next boot finish it
             os.rename(path, os.path.join(trash, f"{os.path.basename(path)}-{time.time_ns()}"))
-    _fsync_dir(layout.root)
+    fsync_dir(layout.root)
     os.unlink(layout.factory_reset)
     shutil.rmtree(trash, ignore_errors=True)
     return True

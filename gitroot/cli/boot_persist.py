@@ -15,7 +15,7 @@ import sys
 from gitroot.boot.cmdline import read_cmdline
 from gitroot.boot.persist import Layout, prepare_boot
 from gitroot.boot.state import booted_commit
-from gitroot.errors import UsageError
+from gitroot.errors import PersistError, UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,8 +31,12 @@ def run(args: argparse.Namespace) -> int:
     commit = args.commit or booted_commit()
     if not commit:
         raise UsageError("which release is booted? (no --commit and no record from boot-select)")
-    plan = prepare_boot(Layout(args.persist_dir), commit, args.lower, args.root,
-                        read_cmdline().options)
+    try:
+        plan = prepare_boot(Layout(args.persist_dir), commit, args.lower, args.root,
+                            read_cmdline().options)
+    except OSError as err:
+        raise PersistError(f"{args.persist_dir}: {err.strerror} "
+                           f"({err.filename or 'the persistence directory'})") from None
     for message in plan.messages:
         print(f"gitroot: {message}", file=sys.stderr)
     for mount in plan.mounts:
