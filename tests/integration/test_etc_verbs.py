@@ -97,3 +97,37 @@ def test_etc_verbs_without_a_kept_etc(device, tmp_path):
     layout, cmd = device
     proc = cmd("etc", "--release", "c" * 40, "diff", check=False)
     assert proc.returncode == 14 and "no /etc kept for release cccccccccccc" in proc.stderr
+
+
+def test_boot_persist_prints_the_mounts(tmp_path):
+    """The boot path's verb, as the boot script runs it (stdout: the plan;
+    stderr: what the console shows)."""
+    lower = tmp_path / "lower"
+    for d in ("etc", "var/lib", "home"):
+        os.makedirs(lower / d)
+    write(lower / "etc" / "motd", "hello\n")
+    write(lower / "usr/lib/gitroot/persistence", "/var\n/home\n/opt/data\n/etc\n")
+    root = tmp_path / "root"
+    os.makedirs(root / "etc")
+    os.makedirs(root / "var")
+    os.symlink("var", root / "home")             # the release's symlink: refused
+    persist_dir = tmp_path / "medium" / "persist"
+    env = dict(os.environ, GITROOT_CMDLINE="", PYTHONPATH=REPO_ROOT)
+    proc = gitroot_cmd("boot-persist", "--persist-dir", persist_dir, "--lower", lower,
+                       "--root", root, "--commit", A, env=env)
+    # the declaration is malformed: the default paths, /home refused, /root
+    # and /srv (not in the release) bind-mounted from the medium
+    assert proc.stdout.splitlines() == [
+        f"bind {persist_dir}/etc/{A}/device {root}/etc",
+        f"overlay {lower}/var {root}/var {persist_dir}/data/var/upper {persist_dir}/data/var/work",
+        f"bind {persist_dir}/data/root/upper {root}/root",
+        f"bind {persist_dir}/data/srv/upper {root}/srv",
+    ]
+    with open(persist_dir / "etc" / A / "device" / "machine-id") as f, \
+            open(persist_dir / "machine-id") as g:
+        assert f.read() == g.read()
+    assert proc.stderr.splitlines() == [
+        "gitroot: /usr/lib/gitroot/persistence: line 4: '/etc': /etc cannot be persistent; "
+        "using the default (/var /home /root /srv)",
+        "gitroot: /home: a symlink or a file in the release, not a directory; it stays ephemeral",
+    ]
