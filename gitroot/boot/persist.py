@@ -220,7 +220,7 @@ def prepare_etc(layout: Layout, commit: str, release_etc: str) -> dict:
     target = layout.etc_of(commit)
     os.makedirs(layout.etc, mode=0o700, exist_ok=True)
     for name in os.listdir(layout.etc):
-        if name.startswith(".building-"):       # a merge a power cut interrupted
+        if name.startswith((".building-", ".pruned-")):   # work a power cut interrupted
             shutil.rmtree(os.path.join(layout.etc, name), ignore_errors=True)
     if not os.path.isdir(target):
         building = os.path.join(layout.etc, f".building-{commit}")
@@ -266,6 +266,26 @@ def _build_etc(layout: Layout, commit: str, release_etc: str, building: str) -> 
 
 def _write_json(path: str, data: dict) -> None:
     atomic_write(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+
+
+def prune_etc(layout: Layout, keep) -> List[str]:
+    """Drop the kept /etc of every release not in *keep* (what ``gitroot gc``
+    keeps) except the one mounted last; returns the commits dropped."""
+    current = layout.current_etc()
+    dropped = []
+    try:
+        names = sorted(os.listdir(layout.etc))
+    except FileNotFoundError:
+        return []
+    for name in names:
+        if _COMMIT.fullmatch(name) and name not in keep and name != current:
+            # renamed first, so a power cut never leaves a half-deleted /etc
+            # under a name a boot would mount
+            trash = os.path.join(layout.etc, f".pruned-{name}")
+            os.rename(os.path.join(layout.etc, name), trash)
+            shutil.rmtree(trash, ignore_errors=True)
+            dropped.append(name)
+    return dropped
 
 
 # -- machine-id -------------------------------------------------------------------------

@@ -353,3 +353,13 @@ def test_merge_record_of_garbage(tmp_path):
     with pytest.raises(persist.PersistError):
         layout.etc_of("../x")
     assert json.loads(json.dumps(persist.Declaration().__dict__))
+
+
+def test_prune_etc_keeps_what_gc_keeps_and_the_current_one(tmp_path):
+    layout = Layout(str(tmp_path / "persist"))
+    r1 = release(tmp_path, "r1", ETC1)
+    for commit in (A, B, C):
+        prepare_etc(layout, commit, f"{r1}/etc")
+    assert persist.prune_etc(layout, {A}) == [B]           # C is mounted last: kept
+    assert sorted(n for n in os.listdir(layout.etc) if n != "current") == [A, C]
+    assert persist.prune_etc(Layout(str(tmp_path / "none")), set()) == []
