@@ -33,12 +33,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("which release? (not booted by gitroot: give --release COMMIT)")
     if args.action == "diff":
         for line in etc.diff(layout, commit, args.paths):
-            print(line)
+            print(etc.shown(line))
     elif args.action == "conflicts":
         for c in etc.conflicts(layout, commit):
-            print(f"/etc/{c['path']}: {c['reason']}")
+            print(f"/etc/{etc.shown(c['path'])}: {c['reason']}")
     else:
         c = etc.resolve(layout, commit, args.path, args.take_release)
         kept = "the release's version" if args.take_release else "the device's version"
-        print(f"/etc/{c['path']}: resolved, {kept} kept")
+        print(f"/etc/{etc.shown(c['path'])}: resolved, {kept} kept")
     return 0

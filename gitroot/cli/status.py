@@ -6,6 +6,7 @@ import time
 
 from gitroot.cli.device_args import add_device_arguments
 from gitroot.device.context import device_from_args, short
+from gitroot.device.etc import shown
 from gitroot.device.status import collect
 
 
@@ -73,8 +74,8 @@ def _print_persistence(info: dict) -> None:
             "copied from the release"
         print(f"/etc:          kept, {origin}; {len(etc['conflicts'])} conflict(s)")
         for c in etc["conflicts"]:
-            beside = ", ".join(f"/etc/{n}" for n in (c["reject"], c["original"]) if n)
-            print(f"  CONFLICT     /etc/{c['path']}: {c['reason']}"
+            beside = ", ".join(f"/etc/{shown(n)}" for n in (c["reject"], c["original"]) if n)
+            print(f"  CONFLICT     /etc/{shown(c['path'])}: {c['reason']}"
                   + (f" (see {beside})" if beside else ""))
         if etc["conflicts"]:
             print("               gitroot etc diff PATH; gitroot etc resolve PATH [--take-release]")

@@ -161,3 +161,9 @@ def resolve(layout: Layout, commit: str, path: str, take_release: bool = False) 
                      (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
     return conflict
 
+
+
+def shown(text: str) -> str:
+    """A path or diff line fit for a terminal: bytes that are not UTF-8 (kept
+    as surrogates by os.fsdecode) become U+FFFD instead of an exception."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -396,3 +396,15 @@ def test_a_tree_too_deep_is_refused(tmp_path):
     b, l_, n = three(tmp_path, BASE, new=lambda d: os.makedirs(f"{d}/{deep}"))
     with pytest.raises(MergeError, match="deeper than"):
         merge_trees(b, l_, n, str(tmp_path / "out"))
+
+
+def test_odd_names_merge_like_any_other(tmp_path):
+    odd = os.fsdecode(b"new\nline\xff-latin1 \xe9")
+    out, result = merged(tmp_path, {**BASE, odd: b"base\n"},
+                         local=lambda d: write(os.path.join(d, odd), b"device\n"),
+                         new=lambda d: write(os.path.join(d, odd), b"release\n"))
+    assert read(os.path.join(out, odd)) == b"device\n"
+    assert read(os.path.join(out, odd + ".rej")) == b"release\n"
+    assert [c.path for c in result.conflicts] == [odd]
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(os.listdir(tmp_path / "local")
+                                                         + [odd + ".rej", odd + ".orig"])
