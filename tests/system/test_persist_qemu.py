@@ -46,10 +46,14 @@ import pytest
 
 from tests.conftest import REPO_ROOT, gitroot_cmd
 from tests.rootfs import cache_dir, debian_minbase
-from tests.system.test_boot_qemu import (QEMU, ROOT_PACKAGES, TEST_INIT, _chroot_mounts,
-                                         _device, _make_image, _run, boot, reports)
+from tests.system.test_boot_qemu import (QEMU, STALE_AFTER, TEST_INIT, _chroot_mounts,
+                                         _device, _make_image, _packages, _run, boot, reports)
 
-PACKAGES = ROOT_PACKAGES + ",python3-cryptography"
+# One guest release: what is tested here does not differ between Debian 12
+# and 13 (test_boot_qemu boots both).  python3-cryptography: the guest
+# checks the releases' SSH signatures before it runs a migration.
+RELEASE = os.environ.get("GITROOT_PERSIST_RELEASE", "bookworm")
+PACKAGES = _packages(RELEASE) + ",python3-cryptography"
 BUILD_FORMAT = "1"
 MIGRATION = "20250101000000-two"
 
@@ -122,7 +126,7 @@ pytestmark = [
 
 def _build_key() -> str:
     digest = hashlib.sha256()
-    for part in (BUILD_FORMAT, PACKAGES, INIT, CONF_1, CONF_2, MIGRATION_SPEC, MIGRATION_SCRIPT):
+    for part in (BUILD_FORMAT, RELEASE, PACKAGES, INIT, CONF_1, CONF_2, MIGRATION_SPEC, MIGRATION_SCRIPT):
         digest.update(part.encode() + b"\0")
     sources = [os.path.join(REPO_ROOT, "hooks", "gitroot"),
                os.path.join(REPO_ROOT, "initramfs", "gitroot")]
@@ -144,7 +148,7 @@ def _write(root, path, text, mode=0o644):
 
 
 def _build(dest: str) -> None:
-    base = debian_minbase(include=PACKAGES)
+    base = debian_minbase(RELEASE, include=PACKAGES)
     work = dest + ".building"
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
@@ -208,16 +212,22 @@ def _build(dest: str) -> None:
 def built():
     base = cache_dir()
     os.makedirs(base, exist_ok=True)
-    dest = os.path.join(base, f"persist-{_build_key()}")
+    dest = os.path.join(base, f"persist-{RELEASE}-{_build_key()}")
     with open(os.path.join(base, "persist.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        # other checkouts share the cache: only long-unused builds go
+        for stale in glob.glob(os.path.join(base, "persist-*")):
+            try:
+                unused = time.time() - os.stat(os.path.join(stale, "build.json")).st_mtime
+            except OSError:
+                unused = STALE_AFTER + 1
+            if stale != dest and not stale.endswith(".lock") and unused > STALE_AFTER:
+                shutil.rmtree(stale, ignore_errors=True)
         if not os.path.isdir(dest):
-            for stale in glob.glob(os.path.join(base, "persist-*")):
-                if not stale.endswith(".lock"):
-                    shutil.rmtree(stale, ignore_errors=True)
             started = time.monotonic()
             _build(dest)
             print(f"built {dest} in {time.monotonic() - started:.0f} s")
+        os.utime(os.path.join(dest, "build.json"))     # in use
     with open(os.path.join(dest, "build.json")) as f:
         info = json.load(f)
     info["dir"] = dest
