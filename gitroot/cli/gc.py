@@ -4,7 +4,9 @@ import argparse
 
 from gitroot.cli.device_args import add_device_arguments
 from gitroot.device.context import device_from_args
+from gitroot.boot.persist import prune_etc
 from gitroot.device.gc import collect_garbage
+from gitroot.device.persistence import layout_for
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,5 +20,8 @@ def run(args: argparse.Namespace) -> int:
     store = device.store()
     with store.locked():
         keep = collect_garbage(store, device.repo, args.keep)
+        dropped = prune_etc(layout_for(device.state_dir), keep)
     print(f"kept {len(keep)} releases: " + ", ".join(sorted(c[:12] for c in keep)))
+    if dropped:
+        print(f"dropped the kept /etc of {len(dropped)} pruned releases")
     return 0

@@ -20,6 +20,8 @@ def run(args: argparse.Namespace) -> int:
     with store.locked():
         state = store.load()
         booted = args.booted or booted_commit()
+        if booted and booted == booted_commit():
+            _refuse_if_migrations_failed(device, booted)
         new = mark_good(state, booted)
         if new == state:
             print(f"{booted[:12]} is already the last good release")
@@ -27,3 +29,12 @@ def run(args: argparse.Namespace) -> int:
         store.save(new, "good", "mark-good", booted, "booted trial marked good")
     print(f"{booted[:12]} is now the last good release")
     return 0
+
+
+def _refuse_if_migrations_failed(device, booted: str) -> None:
+    """A release whose data migrations failed or never ran is not good."""
+    from gitroot.device.migrate import MigrationError, blocks_mark_good
+    from gitroot.device.persistence import layout_for
+    reason = blocks_mark_good(layout_for(device.state_dir), "/", booted)
+    if reason:
+        raise MigrationError(f"not marking {booted[:12]} good: {reason}")
