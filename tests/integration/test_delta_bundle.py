@@ -60,14 +60,25 @@ def machine_code(rng: random.Random, size: int) -> bytes:
     return bytes(out[:size])
 
 
-def shift_addresses(code: bytes, rng: random.Random) -> bytes:
-    """A rebuilt executable: a few bytes inserted (addresses shift), some
-    constants changed -- what bsdiff is made for."""
-    out = bytearray(code)
-    out[1000:1000] = b"\x90" * 16
-    for _ in range(40):
-        at = rng.randrange(len(out) - 4)
-        out[at:at + 4] = rng.getrandbits(32).to_bytes(4, "little")
+def program(seed: int, size: int, rebuilt: bool = False) -> bytes:
+    """An executable: instructions, a third of them with a 4-byte address.
+    *rebuilt*: the next build, 16 bytes of code inserted early on, so that
+    every address past them shifts by 16 -- the change bsdiff is made for,
+    and one that a plain LZ match of old and new captures badly."""
+    rng = random.Random(seed)
+    ops = [bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 4))) for _ in range(300)]
+    insert_at = size // 10
+    out = bytearray()
+    while len(out) < size:
+        if rebuilt and 0 <= insert_at <= len(out):
+            out += b"\x90" * 16
+            insert_at = -1
+        out += rng.choice(ops)
+        if rng.random() < 0.35:
+            address = rng.randrange(size)
+            if rebuilt and address > size // 10:
+                address += 16
+            out += address.to_bytes(4, "little")
     return bytes(out)
 
 
@@ -75,8 +86,8 @@ def write_v1(root: Path) -> None:
     rng = random.Random(1)
     for sub in ("usr/bin", "usr/lib", "etc", "var/lib"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    (root / "usr/bin/tool").write_bytes(machine_code(rng, 300_000))
-    (root / "usr/lib/libthing.so").write_bytes(machine_code(rng, 200_000))
+    (root / "usr/bin/tool").write_bytes(program(10, 300_000))
+    (root / "usr/lib/libthing.so").write_bytes(program(11, 200_000))
     (root / "etc/services").write_text("".join(f"svc{i} {i}/tcp\n" for i in range(4000)))
     (root / "etc/mode-only").write_text("the same bytes, another mode\n" * 100)
     (root / "etc/old-name").write_text("renamed without a change\n" * 100)
@@ -91,10 +102,9 @@ def write_v2(root: Path) -> None:
     """Every kind of change from v1: binary and text content, mode only, new,
     deleted, renamed, shrunk to zero, a symlink retargeted."""
     rng = random.Random(2)
-    tool = root / "usr/bin/tool"
-    tool.write_bytes(shift_addresses(tool.read_bytes(), rng))
+    (root / "usr/bin/tool").write_bytes(program(10, 300_000, rebuilt=True))
     lib = root / "usr/lib/libthing.so"
-    lib.write_bytes(shift_addresses(lib.read_bytes(), rng))
+    lib.write_bytes(program(11, 200_000, rebuilt=True))
     os.chmod(lib, 0o755)                                   # content and mode
     services = root / "etc/services"
     services.write_text(services.read_text().replace("svc17 ", "service17 ") + "new 1/udp\n")
@@ -256,8 +266,7 @@ def test_bundle_for_another_base_is_refused_before_anything_is_written(
     needs v2's blobs, and is refused before anything is stored."""
     source, v1, v2 = two_releases
     tree = tmp_path / "tree"
-    (tree / "usr/bin/tool").write_bytes(shift_addresses((tree / "usr/bin/tool").read_bytes(),
-                                                        random.Random(3)))
+    (tree / "usr/bin/tool").write_bytes(program(12, 300_000))
     v3 = gitroot_cmd("commit", tree, "--repo", source, "--branch", BRANCH,
                      "-m", "v3").stdout.strip()
     root = static_http_server.document_root
