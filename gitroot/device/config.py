@@ -84,6 +84,8 @@ class Config:
     """Seconds; a release signed longer ago is refused (a frozen server)."""
     noupgrade: bool = False
     """Never fetch (an image that must stay as it is)."""
+    fetch_timeout: int = 2 * 3600
+    """Seconds one fetch's transfer may take in all (index, bundles, git fetch)."""
     remote_config: RemoteConfigSource = field(default_factory=RemoteConfigSource)
     path: Optional[str] = None
     """The file this came from; ``None`` when no file was read."""
@@ -364,6 +366,13 @@ def _config_from(data: Dict[Any, Any], source: str) -> Config:
 
     noupgrade = top.boolean("noupgrade", Config.noupgrade)
 
+    timeout_value = top.take("fetch_timeout")
+    try:
+        fetch_timeout = Config.fetch_timeout if timeout_value is None \
+            else parse_duration(timeout_value)
+    except ValueError as err:
+        raise top.fail("fetch_timeout", str(err)) from None
+
     remote = top.section("remote_config")
     url = remote.string("url", None)
     if url is not None and not url.startswith(("http://", "https://")):
@@ -380,4 +389,4 @@ def _config_from(data: Dict[Any, Any], source: str) -> Config:
                   state_dir=state_dir or default_state, boot_dir=boot_dir or Config.boot_dir,
                   trusted_keys=trusted_keys, signature_policy=policy or "strict",
                   tries=tries, max_signature_age=max_age, noupgrade=noupgrade,
-                  remote_config=remote_config, path=source)
+                  fetch_timeout=fetch_timeout, remote_config=remote_config, path=source)

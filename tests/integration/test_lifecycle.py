@@ -335,7 +335,7 @@ def test_stale_release_from_a_frozen_server_is_refused(tmp_path, git_http_server
     assert proc.returncode == 10 and "frozen server" in proc.stderr, proc.stderr
     st = device.status()
     assert st["trial"] is None and st["last_fetch"]["result"] == "refused"
-    assert st["last_good"] is None and first != st["last_fetch"].get("commit")
+    assert st["last_good"] is None and st["last_fetch"]["commit"] == first
 
 
 def test_dead_remote_falls_back_to_the_next(world):
