@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gitroot.device.deadline import Terminated, terminate_on_sigterm
     from gitroot.device.fetch import Fetcher, reboot
     from gitroot.device.settings import device_settings, fetch_settings
     from gitroot.git.repository import open_or_init_bare
@@ -40,7 +41,12 @@ def run(args: argparse.Namespace) -> int:
         device, effective, source=args.source, branch=args.branch,
         allow_downgrade=args.allow_downgrade,
         progress=sys.stderr.isatty() if args.progress is None else args.progress)
-    outcome = Fetcher(settings, open_or_init_bare(device.repository)).run()
+    terminate_on_sigterm()      # the fetch records "failed" before it goes
+    try:
+        outcome = Fetcher(settings, open_or_init_bare(device.repository)).run()
+    except Terminated as err:
+        log.error("%s", err)
+        return 143              # 128 + SIGTERM, as if the signal had killed us
     print(f"{outcome.result}: {outcome.message}")
     if outcome.result == "pinned" and args.reboot:
         reboot()

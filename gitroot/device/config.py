@@ -206,6 +206,9 @@ def load_yaml(text: str, source: str, error: type = ConfigError) -> Any:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise error(f"{source}: not valid YAML: {problem}{where}") from err
+    except RecursionError:
+        # 40 KB of '[' exhaust the composer's stack: a bad document like any other
+        raise error(f"{source}: not valid YAML: nested too deeply") from None
 
 
 # -- checking values -------------------------------------------------------

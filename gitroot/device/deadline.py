@@ -43,6 +43,20 @@ class DeadlineExceeded(BaseException):
         self.deadline = deadline
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (systemd's ``TimeoutStartSec``, a shutdown): raised in
+    the main thread by :func:`terminate_on_sigterm` so the fetch records a
+    ``failed`` result on its way out instead of vanishing."""
+
+
+def terminate_on_sigterm() -> None:
+    """From now on, SIGTERM raises :class:`Terminated` in the main thread."""
+    def on_term(signum: int, frame: object) -> None:
+        raise Terminated("stopped by SIGTERM (systemd's TimeoutStartSec, or a shutdown)")
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
 class Deadline:
     """A point in (monotonic) time by which a step must be done."""
 
@@ -59,8 +73,11 @@ class Deadline:
                 "(a stalled or deliberately slow server?)")
 
     def within(self, seconds: float, what: str) -> "Deadline":
-        """A deadline of *seconds* for a part of this step, never later than this one."""
-        return Deadline(max(min(seconds, self.remaining()), 0.0), what)
+        """A deadline of *seconds* for a part of this step, or this one when it
+        comes first (then its message is the one that tells)."""
+        if self.remaining() <= seconds:
+            return self
+        return Deadline(seconds, what)
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ from gitroot.errors import (FetchError, GitrootError, RefusedReleaseError, Signa
 from gitroot.boot.state import FETCH_LOCK_FILE, FetchRecord, State, StateStore, booted_commit
 from gitroot.boot.transitions import schedule_trial
 from gitroot.device.bootfiles import install_boot_files
-from gitroot.device.deadline import Deadline, enforced
+from gitroot.device.deadline import Deadline, Terminated, enforced
 from gitroot.device.decide import Offer, Rules, current_release, decide
 from gitroot.git.command import failure_summary, run_git
 from gitroot.git.refs import branch_name_problem
@@ -128,7 +128,8 @@ class Fetcher:
                     raise
                 result = "refused" if isinstance(err, (RefusedReleaseError, SignatureError)) \
                     else "failed"
-                message = str(err) if isinstance(err, GitrootError) else \
+                message = str(err) if isinstance(err, (GitrootError, Terminated)) else \
+                    "interrupted" if isinstance(err, KeyboardInterrupt) else \
                     f"{type(err).__name__}: {err}".rstrip(": ")
                 with self.store.locked():
                     self._record(FetchRecord(time.time(), result, message, branch=s.branch,
