@@ -6,7 +6,7 @@ YAML, so a JSON document works too) from ``remote_config.url`` in the
 configuration file::
 
     fetch-revision: stable          # branch to follow
-    update-revision: 3f2a9c1e       # debug pin (hex id or ref name), or null
+    update-revision: 3f2a9c1e       # a release to take instead of the branch head, or null
     noupgrade: false                # true: fetch nothing
 
 Every key is optional and ``null`` means "not set".  The device names itself
@@ -267,7 +267,10 @@ class EffectiveSettings:
     branch_source: str
     """``cmdline``, ``remote`` or ``config`` (which includes its default)."""
     pinned: Optional[str]
-    """A debug pin (``update-revision``) to run instead of following the branch."""
+    """``update-revision``: from the command line a debug pin the boot path
+    boots as is; from the remote document the release a fetch considers
+    instead of the branch head, under every rule of a fetch
+    (gitroot.device.decide), never holding upgrades."""
     pinned_source: Optional[str]
     noupgrade: bool
     noupgrade_sources: Tuple[str, ...]
