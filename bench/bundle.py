@@ -203,8 +203,8 @@ def debian_trees(work: str, keep_apt_cache: bool) -> tuple:
     from rootfs import debian_minbase
 
     log("debootstrap (cached): bookworm minbase, and minbase + " + UPGRADE_PACKAGES)
-    base = debian_minbase()
-    upgraded = debian_minbase(include=UPGRADE_PACKAGES)
+    base = debian_minbase("bookworm")
+    upgraded = debian_minbase("bookworm", include=UPGRADE_PACKAGES)
     return (prepare(base, os.path.join(work, "old"), keep_apt_cache),
             prepare(upgraded, os.path.join(work, "new"), keep_apt_cache))
 

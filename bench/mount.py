@@ -400,7 +400,7 @@ def compare_mode(args, work: str) -> dict:
     else:
         from tests.rootfs import debian_minbase
         log("building or reusing the Debian bookworm minbase root with python3 ...")
-        source = debian_minbase(include="python3")
+        source = debian_minbase("bookworm", include="python3")
         start_cmd = PY_START
         what = f"debootstrap --variant=minbase --include=python3 bookworm ({source})"
     repo = os.path.join(work, "repo.git")

@@ -5,6 +5,7 @@ test_bundle.py)."""
 import json
 import os
 import shutil
+import time
 
 from tests.conftest import REPO_ROOT, gitroot_cmd
 from tests.signing_support import public_key, ssh_key, write_allowed_signers
@@ -40,13 +41,18 @@ class Publisher:
                 f.write(os.urandom(big))
         return str(src)
 
-    def release(self, key=None, **kw):
+    def release(self, key=None, age=0, **kw):
+        """Commit and sign the next release; *age* seconds backdates it."""
         src = self.tree(**kw)
         args = ["commit", src, "--repo", self.repo, "--branch", BRANCH,
                 "-m", f"release {self.n}"]
         if key is not False:
             args += ["--sign-key", key or self.key]
-        return gitroot_cmd(*args).stdout.strip()
+        env = dict(os.environ)
+        if age:
+            env["GIT_COMMITTER_DATE"] = env["GIT_AUTHOR_DATE"] = \
+                f"@{int(time.time()) - age} +0000"
+        return gitroot_cmd(*args, env=env).stdout.strip()
 
 
 class Device:

@@ -33,6 +33,7 @@ It holds no state and is safe to use from any thread.
 """
 
 import os
+import logging
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -79,7 +80,8 @@ class BootParams:
 
     @property
     def unknown_options(self) -> Tuple[str, ...]:
-        """``gitroot.*`` keys this version does not know (worth a warning)."""
+        """``gitroot.*`` keys this version does not know (:func:`warn_unknown`
+        logs them: a typo such as ``gitroot.brnach=`` must not pass silently)."""
         return tuple(sorted(k for k in self.options if k not in _NAMESPACED))
 
 
@@ -258,3 +260,9 @@ def _checked(param: str, value: Optional[str], check: Tuple[str, _Problem]) -> s
     if problem is not None:
         raise CmdlineError(f"{param}={value!r} is not a valid {what}: {problem}")
     return value
+
+
+def warn_unknown(params: BootParams, log: logging.Logger) -> None:
+    """One warning per ``gitroot.*`` option this version does not know."""
+    for key in params.unknown_options:
+        log.warning("unknown kernel command line option %s= ignored (a typo?)", key)

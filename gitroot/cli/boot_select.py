@@ -18,7 +18,7 @@ import argparse
 import logging
 import time
 
-from gitroot.boot.cmdline import read_cmdline
+from gitroot.boot.cmdline import read_cmdline, warn_unknown
 from gitroot.boot.state import StateStore, bootable, record_booted, releases_named_by_refs
 from gitroot.boot.transitions import choose_boot
 from gitroot.cli.device_args import add_device_arguments
@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.state_dir:
         state_dir, boot, repository = args.state_dir, read_cmdline(), args.repository
+        warn_unknown(boot, logging.getLogger("gitroot.boot"))
     else:
         from gitroot.device.context import device_from_args
         device = device_from_args(args)

@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     d = diff_commits(device.repo, base, new)
     if not args.stat:
         for c in d.changes:
-            print(f"{c.status} /{os.fsdecode(c.path)}")
+            shown = "" if c.path == b"." else os.fsdecode(c.path)   # b"." is the root
+            print(f"{c.status} /{shown}")
     print(f"{d.old[:12]}..{d.new[:12]}: {d.added} added, {d.changed} changed, "
           f"{d.removed} removed; {d.bytes} bytes")
     return 0

@@ -9,6 +9,9 @@ from gitroot.device.context import device_from_args
 
 log = logging.getLogger(__name__)
 
+_SOURCE_NAMES = {"cmdline": "the kernel command line", "remote": "the remote document",
+                 "config": "the configuration file"}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_arguments(parser)
@@ -27,15 +30,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gitroot.device.deadline import Terminated, terminate_on_sigterm
-    from gitroot.device.fetch import Fetcher, reboot
+    from gitroot.device.fetch import Fetcher, reboot, record_skipped
     from gitroot.device.settings import device_settings, fetch_settings
     from gitroot.git.repository import open_or_init_bare
 
     device = device_from_args(args)
     effective = device_settings(device)
     if effective.noupgrade:
-        log.info("noupgrade (from %s): not fetching", ", ".join(effective.noupgrade_sources))
-        print("skipped: noupgrade")
+        said = ", ".join(_SOURCE_NAMES.get(s, s) for s in effective.noupgrade_sources)
+        message = f"noupgrade is set by {said}: not fetching"
+        log.info("%s", message)
+        record_skipped(device.store(with_repo=False), effective.branch, message)
+        print(f"skipped: {message}")
         return 0
     settings = fetch_settings(
         device, effective, source=args.source, branch=args.branch,

@@ -48,6 +48,12 @@ class TrustedKeys:
     keyring: Optional[str] = None
     """OpenPGP keyring (for ``gpgv``); never the user's own keyring."""
 
+    def trust_config(self):
+        """The signing package's :class:`TrustConfig` for these keys (the one
+        place the configuration's keys become what a check trusts)."""
+        from gitroot.signing.verify import TrustConfig
+        return TrustConfig(allowed_signers=self.allowed_signers, keyring=self.keyring)
+
 
 @dataclass(frozen=True)
 class RemoteConfigSource:
@@ -318,25 +324,7 @@ def parse_duration(value: Any) -> int:
 
 def _config_from(data: Dict[Any, Any], source: str) -> Config:
     top = _Reader(data, source)
-
-    remotes_value = top.take("remotes")
-    if remotes_value is None:
-        remotes: Tuple[str, ...] = ()
-    elif not isinstance(remotes_value, list):
-        raise top.fail("remotes", f"must be a list of URLs, not {_type_name(remotes_value)}"
-                       " (write it as '- URL' lines)")
-    else:
-        checked = []
-        for index, url in enumerate(remotes_value):
-            if not isinstance(url, str) or not url:
-                raise top.fail(f"remotes[{index}]", f"must be a URL, not {_type_name(url)}")
-            if not (url.startswith(REMOTE_SCHEMES) or url.startswith("/")):
-                raise top.fail(f"remotes[{index}]",
-                               f"{url!r} is not an http://, https://, file:// URL "
-                               "or an absolute path")
-            checked.append(url)
-        remotes = tuple(checked)
-
+    remotes = _remotes(top)
     branch = top.string("branch", Config.branch)
     assert branch is not None
     problem = branch_name_problem(branch)
@@ -358,15 +346,12 @@ def _config_from(data: Dict[Any, Any], source: str) -> Config:
     if policy not in SIGNATURE_POLICIES:
         raise top.fail("signature_policy",
                        f"must be one of {', '.join(SIGNATURE_POLICIES)}, not {policy!r}")
-
     tries = top.integer("tries", Config.tries, minimum=1)
-
     age_value = top.take("max_signature_age")
     try:
         max_age = None if age_value is None else parse_duration(age_value)
     except ValueError as err:
         raise top.fail("max_signature_age", str(err)) from None
-
     noupgrade = top.boolean("noupgrade", Config.noupgrade)
 
     timeout_value = top.take("fetch_timeout")
@@ -375,17 +360,7 @@ def _config_from(data: Dict[Any, Any], source: str) -> Config:
             else parse_duration(timeout_value)
     except ValueError as err:
         raise top.fail("fetch_timeout", str(err)) from None
-
-    remote = top.section("remote_config")
-    url = remote.string("url", None)
-    if url is not None and not url.startswith(("http://", "https://")):
-        raise remote.fail("url", f"must be an http:// or https:// URL, not {url!r}")
-    remote_config = RemoteConfigSource(
-        url=url,
-        timeout=remote.number("timeout", RemoteConfigSource.timeout),
-        max_bytes=remote.integer("max_bytes", RemoteConfigSource.max_bytes, minimum=1),
-    )
-    remote.finish()
+    remote_config = _remote_config(top.section("remote_config"))
     top.finish()
 
     return Config(remotes=remotes, branch=branch, repository=repository,
@@ -393,3 +368,33 @@ def _config_from(data: Dict[Any, Any], source: str) -> Config:
                   trusted_keys=trusted_keys, signature_policy=policy or "strict",
                   tries=tries, max_signature_age=max_age, noupgrade=noupgrade,
                   fetch_timeout=fetch_timeout, remote_config=remote_config, path=source)
+
+
+def _remotes(top: "_Reader") -> Tuple[str, ...]:
+    value = top.take("remotes")
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise top.fail("remotes", f"must be a list of URLs, not {_type_name(value)}"
+                       " (write it as '- URL' lines)")
+    for index, url in enumerate(value):
+        if not isinstance(url, str) or not url:
+            raise top.fail(f"remotes[{index}]", f"must be a URL, not {_type_name(url)}")
+        if not (url.startswith(REMOTE_SCHEMES) or url.startswith("/")):
+            raise top.fail(f"remotes[{index}]",
+                           f"{url!r} is not an http://, https://, file:// URL "
+                           "or an absolute path")
+    return tuple(value)
+
+
+def _remote_config(remote: "_Reader") -> RemoteConfigSource:
+    url = remote.string("url", None)
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise remote.fail("url", f"must be an http:// or https:// URL, not {url!r}")
+    source = RemoteConfigSource(
+        url=url,
+        timeout=remote.number("timeout", RemoteConfigSource.timeout),
+        max_bytes=remote.integer("max_bytes", RemoteConfigSource.max_bytes, minimum=1),
+    )
+    remote.finish()
+    return source

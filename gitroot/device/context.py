@@ -5,12 +5,15 @@ boot-select) all start from a :class:`Device`.  The configuration file and
 the kernel command line are read once; the repository is opened on demand.
 """
 
+import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
-from gitroot.boot.cmdline import BootParams, read_cmdline
+from gitroot.boot.cmdline import BootParams, read_cmdline, warn_unknown
 from gitroot.device.config import Config, load_config
 from gitroot.boot.state import StateStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Device:
 def open_device(config_path: Optional[str] = None, repository: Optional[str] = None,
                 state_dir: Optional[str] = None) -> Device:
     boot = read_cmdline()
+    warn_unknown(boot, log)
     config = load_config(config_path, boot=boot)
     return Device(config=config, boot=boot,
                   repository=repository or config.repository,

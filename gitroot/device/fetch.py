@@ -85,6 +85,14 @@ class FetchOutcome:
     commit: Optional[str] = None
 
 
+def record_skipped(store: StateStore, branch: str, message: str) -> None:
+    """Record a fetch that did not run (noupgrade), so status says why."""
+    with store.locked():
+        state, _problem = store.load_or_recover()   # saving repairs an unreadable file
+        store.save(replace(state, last_fetch=FetchRecord(time.time(), "skipped", message,
+                                                          branch=branch)), "", "fetch")
+
+
 class Fetcher:
     def __init__(self, settings: FetchSettings, repo: pygit2.Repository):
         self.settings = settings

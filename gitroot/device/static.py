@@ -23,7 +23,6 @@ import logging
 import lzma
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 from urllib.parse import quote, urljoin, urlsplit
@@ -394,9 +393,10 @@ def _store_compressed(repo_path: str, packs: Sequence[str]) -> None:
     """
     for pack in packs:
         base = pack[:-len(".pack")]
+        # inside the repository: git needs its hash algorithm (git 2.47
+        # crashes when run outside one, wherever the process's cwd is)
         with open(base + ".idx", "rb") as idx:
-            listed = subprocess.run(["git", "show-index"], stdin=idx, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE)
+            listed = run_git(repo_path, "show-index", stdin=idx)
         ids = [line.split()[1] for line in listed.stdout.decode().splitlines()]
         if listed.returncode != 0 or not ids:
             log.warning("cannot list %s; leaving it as received", pack)

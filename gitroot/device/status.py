@@ -15,12 +15,9 @@ from gitroot.errors import GitrootError
 def _verdict(device: Device, commit: Optional[str]) -> Optional[dict]:
     if commit is None:
         return None
-    from gitroot.signing.verify import TrustConfig, verify_revision
-    keys = device.config.trusted_keys
+    from gitroot.signing.verify import verify_revision
     try:
-        v = verify_revision(device.repo, commit,
-                            TrustConfig(allowed_signers=keys.allowed_signers,
-                                        keyring=keys.keyring),
+        v = verify_revision(device.repo, commit, device.config.trusted_keys.trust_config(),
                             device.config.signature_policy)
     except GitrootError as err:
         return {"ok": False, "message": str(err)}

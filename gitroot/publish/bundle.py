@@ -30,6 +30,7 @@ from gitroot.git.bundle import (BUNDLE_SIGNATURE, BUNDLE_SUFFIX, CHUNK, FILE_NAM
                                 BundleEntry, StaticIndex, parse_index, read_compressed_header)
 from gitroot.git.command import run_git
 from gitroot.git.refs import branch_name_problem
+from gitroot.git.repository import open_repo, resolve_commit
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,7 @@ XZ_FILTERS = (
 
 
 def _resolve(repo_path: str, rev: str) -> str:
-    if not rev or rev.startswith("-"):
-        raise RepositoryError(f"invalid revision {rev!r}")
-    proc = run_git(repo_path, "rev-parse", "--verify", "--quiet", "--end-of-options",
-                   rev + "^{commit}")
-    if proc.returncode != 0:
-        raise RepositoryError(f"unknown revision {rev!r} in {repo_path}")
-    return proc.stdout.decode().strip()
+    return str(resolve_commit(open_repo(repo_path), rev).id)
 
 
 def _branch_of(repo_path: str, rev: str) -> Optional[str]:

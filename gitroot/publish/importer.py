@@ -22,7 +22,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import pygit2
 
@@ -31,9 +31,11 @@ from gitroot.git import manifest as mf
 from gitroot.errors import RepositoryError, SourceError
 from gitroot.git.repository import default_signature, open_or_init_bare
 
+if TYPE_CHECKING:  # signing is imported only when a key is given
+    from gitroot.signing.objects import Signer
+
 log = logging.getLogger(__name__)
 
-Signer = Callable[[bytes], bytes]
 
 CACHE_VERSION = b"# gitroot import cache v1"
 RACY_SECONDS = 2
@@ -292,7 +294,7 @@ def _raw(oid: pygit2.Oid) -> bytes:
 
 
 def commit_tree(repo: pygit2.Repository, tree: bytes, branch: str, message: str,
-                signer: Optional[Signer] = None) -> str:
+                signer: Optional["Signer"] = None) -> str:
     """Commit *tree* on top of *branch* (creating it) and move the branch."""
     ref_name = f"refs/heads/{branch}"
     if not pygit2.reference_is_valid_name(ref_name):
@@ -321,7 +323,7 @@ def commit_tree(repo: pygit2.Repository, tree: bytes, branch: str, message: str,
 
 
 def import_directory(source: str, repo_path: str, branch: str, message: str,
-                     signer: Optional[Signer] = None) -> ImportResult:
+                     signer: Optional["Signer"] = None) -> ImportResult:
     """``gitroot commit``: import *source* and commit it on *branch*."""
     repo = open_or_init_bare(repo_path)
     importer = Importer(repo, source)

@@ -36,6 +36,7 @@ import pygit2
 from gitroot.git import objects as go
 from gitroot.git import manifest as mf
 from gitroot.errors import CorruptObjectError, ManifestError, RepositoryError
+from gitroot.git.release import read_manifest_bytes, read_object
 from gitroot.git.repository import resolve_commit
 
 log = logging.getLogger(__name__)
@@ -92,38 +93,11 @@ class RootView:
     # -- loading ---------------------------------------------------------
 
     def _read(self, oid: bytes, want: int, what: str) -> bytes:
-        try:
-            type_num, data = self.odb.read(pygit2.Oid(raw=oid))
-        except KeyError:
-            raise CorruptObjectError(f"{what}: object {oid.hex()} is missing") from None
-        except (pygit2.GitError, ValueError, OSError) as err:
-            raise CorruptObjectError(f"{what}: object {oid.hex()} is unreadable: {err}") from None
-        if type_num != want:
-            raise CorruptObjectError(f"{what}: object {oid.hex()} is a "
-                                     f"{go.TYPE_NAMES.get(type_num, b'?').decode()}, "
-                                     f"expected a {go.TYPE_NAMES[want].decode()}")
-        return data
+        return read_object(self.odb, oid, want, what)
 
     def _load_manifest(self, root_tree: bytes) -> mf.Manifest:
         where = f"commit {self.commit_id[:12]}"
-        try:
-            items = go.parse_tree(self._read(root_tree, go.OBJ_TREE, where + " root tree"))
-            meta = [i for i in items if i.name == mf.MANIFEST_DIR]
-            if len(meta) != 1 or meta[0].mode != go.MODE_TREE:
-                raise ManifestError(f"{where} has no gitroot manifest "
-                                    f"({mf.MANIFEST_PATH.decode()}); was it made by "
-                                    "'gitroot commit'?")
-            inner = go.parse_tree(self._read(meta[0].oid, go.OBJ_TREE, where))
-            blobs = [i for i in inner if i.name == mf.MANIFEST_NAME]
-            if len(blobs) != 1 or blobs[0].mode not in (go.MODE_BLOB, go.MODE_EXEC):
-                raise ManifestError(f"{where} has no gitroot manifest "
-                                    f"({mf.MANIFEST_PATH.decode()})")
-            data = self._read(blobs[0].oid, go.OBJ_BLOB, where + " manifest")
-        except go.TreeFormatError as err:
-            raise ManifestError(f"{where}: corrupt root tree: {err}") from None
-        except CorruptObjectError as err:
-            raise ManifestError(str(err)) from None
-        manifest = mf.parse_manifest(data)
+        manifest = mf.parse_manifest(read_manifest_bytes(self.odb, root_tree, where))
         for lineno, reason in manifest.rejected:
             log.error("%s: manifest line %d rejected: %s", where, lineno, reason)
         return manifest

@@ -10,13 +10,13 @@ import os
 import re
 import shutil
 import subprocess
-from typing import Callable, Optional
+from typing import Optional
 
 from gitroot.errors import SigningError, UsageError
 from gitroot.signing import sshsig
+from gitroot.signing.objects import Signer
 from gitroot.signing.openpgp import ARMOR_BEGIN as PGP_BEGIN, ARMOR_END as PGP_END
 
-Signer = Callable[[bytes], bytes]
 FORMATS = ("ssh", "openpgp")
 SIGN_TIMEOUT = 300  # a passphrase prompt or a hardware token may be slow
 

@@ -22,6 +22,7 @@ from gitroot.git import objects as go
 from gitroot.errors import (MalformedSignatureError, NoSignatureError, RepositoryError,
                             SignatureError, UnsupportedSignatureError,
                             UntrustedSignatureError, UsageError)
+from gitroot.git.repository import resolve_object
 from gitroot.signing import openpgp, sshsig
 from gitroot.signing.channel import BindingError, channels_of_object
 from gitroot.signing.objects import SignedPayload, split_commit, split_tag, tag_headers
@@ -163,15 +164,7 @@ def verify_revision(repo: pygit2.Repository, rev: str, trust: TrustConfig,
 
 
 def _resolve(repo: pygit2.Repository, rev: str) -> _Target:
-    if not rev or rev.startswith("-") or "\0" in rev:
-        raise RepositoryError(f"invalid revision {rev!r}")
-    try:
-        obj = repo.revparse_single(rev)
-    except (KeyError, ValueError, pygit2.GitError) as err:
-        detail = str(err).strip().strip("'")
-        detail = "not found" if detail in ("", rev) else detail
-        raise RepositoryError(f"unknown revision {rev!r} in {repo.path.rstrip('/')}: "
-                              f"{detail}") from None
+    obj = resolve_object(repo, rev)
     object_id = str(obj.id)
     type_num, raw = repo.odb.read(obj.id)[:2]
     type_num = int(type_num)

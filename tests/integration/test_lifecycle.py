@@ -12,6 +12,7 @@ injected through GITROOT_CMDLINE.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -93,7 +94,16 @@ def test_signed_release_is_fetched_tried_and_marked_good(world):
     actions = [h["action"] for h in json.loads(log)]
     assert actions.count("trial") == 4 and actions.count("good") == 3
     diff = device.run("diff", "--stat", third, "--from", first).stdout
-    assert "bytes" in diff
+    # release 1 -> 3: both kernels and initrds replaced, os-release changed,
+    # and the directories holding them (their mtimes); bytes = new content
+    new_bytes = len(b"kernel 3") + len(b"initrd 3") + len(b"release 3\n")
+    assert diff.strip() == (f"{first[:12]}..{third[:12]}: 2 added, 4 changed, 2 removed; "
+                            f"{new_bytes} bytes")
+    full = device.run("diff", third, "--from", first).stdout.splitlines()
+    assert sorted(full[:-1]) == sorted([
+        "A /boot/vmlinuz-6.1.0-3-amd64", "A /boot/initrd.img-6.1.0-3-amd64",
+        "D /boot/vmlinuz-6.1.0-1-amd64", "D /boot/initrd.img-6.1.0-1-amd64",
+        "M /etc/os-release", "M /boot", "M /etc", "M /"]), full
 
 
 def test_trial_that_never_boots_falls_back_to_last_good(world):
@@ -202,7 +212,9 @@ def test_bad_releases_are_refused_and_nothing_is_pinned(world, kind):
         repo.create_reference_direct(f"refs/heads/{BRANCH}", pygit2.Oid(hex=first), True)
         expect = "not a descendant"
     proc = device.run("fetch", check=False)
-    assert proc.returncode != 0
+    # exit statuses of docs/operations.md: no signature, untrusted, bad, refused
+    assert proc.returncode == {"unsigned": 21, "untrusted": 23, "tampered": 22,
+                               "older": 10}[kind], proc.stderr
     assert expect in proc.stderr.lower(), proc.stderr
     after = device.status()
     for key in ("trial", "last_good", "previous_good", "next_boot"):
@@ -219,9 +231,11 @@ def test_noupgrade_on_the_command_line_fetches_nothing(world):
     server.kill()
     device.cmdline = "quiet noupgrade"
     proc = device.run("fetch")
-    assert proc.stdout.startswith("skipped")
-    assert "noupgrade" in proc.stderr
-    assert device.status()["trial"] is None
+    said = "noupgrade is set by the kernel command line: not fetching"
+    assert proc.stdout.strip() == f"skipped: {said}"
+    st = device.status()
+    assert st["trial"] is None
+    assert (st["last_fetch"]["result"], st["last_fetch"]["message"]) == ("skipped", said)
     device.cmdline = "quiet"
     proc = device.run("fetch", check=False)
     assert proc.returncode == 9 and "failed" in proc.stderr
@@ -249,9 +263,12 @@ def test_two_fetches_at_once_are_refused(world):
 
 def _fetch_in_background(device):
     import sys
+    # its own session, so the test can kill the fetcher and its git child
+    # together, the way a power cut would, without touching other processes
     return subprocess.Popen(
         [sys.executable, "-m", "gitroot", "fetch", "--config", device.config],
-        env=device.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        env=device.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True)
 
 
 def _wait_for_transfer(server, proc, seconds=30):
@@ -273,8 +290,7 @@ def test_fetcher_killed_mid_transfer_then_completes(world):
     proc = _fetch_in_background(device)
     assert _wait_for_transfer(server, proc), "the transfer never started"
     # kill the fetcher and its git child (power cut / OOM killer)
-    subprocess.run(["pkill", "-KILL", "-f", device.repo], check=False)
-    proc.kill()
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     st = device.status()
     assert st["trial"] is None and st["last_good"] == first
@@ -328,9 +344,8 @@ def test_full_disk_during_fetch(world, tmp_path):
 
 def test_stale_release_from_a_frozen_server_is_refused(tmp_path, git_http_server):
     publisher = Publisher(tmp_path, git_http_server)
-    first = publisher.release()
-    device = Device(tmp_path, publisher, max_signature_age="1s")
-    time.sleep(2.1)
+    first = publisher.release(age=3 * 86400)        # signed three days ago
+    device = Device(tmp_path, publisher, max_signature_age="2d")
     proc = device.run("fetch", check=False)
     assert proc.returncode == 10 and "frozen server" in proc.stderr, proc.stderr
     st = device.status()
@@ -412,3 +427,67 @@ def test_update_revision_on_the_command_line_is_fetched_and_booted(world):
     assert device.boot() == second                # booted directly
     device.cmdline = "quiet"
     assert device.boot() == first                 # gone with the command line option
+
+
+def test_mark_good_is_not_held_up_by_a_stalled_fetch(world):
+    """The fetch holds only fetch.lock during its transfer: a boot's
+    mark-good (and pin, rollback) completes while a download crawls."""
+    publisher, device, first, server = world
+    second = publisher.release()
+    device.run("fetch")
+    assert device.boot() == second
+    publisher.release(big=8_000_000)
+    server.restart(kbytes_per_second=200)
+    proc = _fetch_in_background(device)
+    try:
+        assert _wait_for_transfer(server, proc), "the transfer never started"
+        done = device.run("mark-good")
+        assert done.returncode == 0 and proc.poll() is None, "the fetch ended too soon"
+        assert device.status()["last_good"] == second
+        again = device.run("fetch", check=False)
+        assert again.returncode == 8 and "a fetch is already running" in again.stderr
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_rollback_cancels_a_trial_that_was_never_booted(world):
+    publisher, device, first, _ = world
+    second = publisher.release()
+    device.run("fetch")
+    assert device.status()["trial"]["commit"] == second
+    out = device.run("rollback").stdout
+    assert out.startswith(f"cancelled the trial {second[:12]}; next boot: last good {first[:12]}")
+    st = device.status()
+    assert st["trial"] is None and st["hold"] and st["next_boot"]["commit"] == first
+    assert device.boot() == first
+    assert json.loads(device.run("log", "--json").stdout)[-1]["action"] == "rollback"
+
+
+def test_status_text_says_where_the_device_stands(world):
+    publisher, device, first, _ = world
+    second = publisher.release()
+    device.run("fetch")
+    device.boot()
+    lines = dict(line.split(":", 1) for line in device.run("status").stdout.splitlines())
+    lines = {k.strip(): v.strip() for k, v in lines.items()}
+    assert lines["booted"].startswith(f"{second[:12]} (trial, try 1 of 2)")
+    assert lines["trial"].startswith(f"{second[:12]}, 1 of 2 tries left")
+    assert "signature: good ssh signature by release@example.org" in lines["trial"]
+    assert lines["last good"].startswith(first[:12])
+    assert lines["previous good"] == "-"
+    assert lines["last fetch"].endswith(f"pinned {second[:12]} from stable as the next "
+                                        "boot's trial (2 tries; " + lines["trial"].split(
+                                            "signature: ", 1)[1] + ")")
+
+
+def test_a_damaged_state_file_is_reported_not_a_traceback(world):
+    publisher, device, first, _ = world
+    with open(os.path.join(device.state_dir, "state.json"), "w") as f:
+        f.write('{"version": 1, "last_good": "../../etc/passwd"}')
+    text = device.run("status").stdout
+    assert "UNREADABLE" in text and "last_good is not a full commit id" in text
+    assert device.status()["state_error"].endswith("last_good is not a full commit id")
+    proc = device.run("boot-select", check=False)
+    assert proc.returncode == 8 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().endswith("last_good is not a full commit id")

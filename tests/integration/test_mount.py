@@ -180,7 +180,8 @@ def test_hostile_names_never_escape_through_the_mount(tmp_path):
 
 @pytest.mark.slow
 def test_round_trip_of_debian_minbase(tmp_path):
-    """A real `debootstrap --variant=minbase bookworm` root, committed and mounted."""
+    """A real `debootstrap --variant=minbase` root of this machine's release,
+    committed and mounted."""
     # A private copy: the shared cache may have hard links from outside
     # (a benchmark's `cp -al`), and link counts must be the tree's own.
     src = str(tmp_path / "rootfs")

@@ -4,13 +4,14 @@ Pure tests, except the cross-check of the ref-name validator against
 ``git check-ref-format``, which the parser itself must never call.
 """
 
+import logging
 import subprocess
 
 import pytest
 
 from gitroot.boot.cmdline import (BootParams, branch_name_problem, is_object_id,
                              parse_cmdline, read_cmdline, ref_name_problem,
-                             revision_problem, split_cmdline)
+                             revision_problem, split_cmdline, warn_unknown)
 from gitroot.errors import CmdlineError, GitrootError, UsageError
 
 SHA1 = "0123456789abcdef0123456789abcdef01234567"
@@ -192,6 +193,14 @@ def test_split_like_the_kernel(text, words):
 def test_unknown_options_are_listed():
     params = parse_cmdline("gitroot.repo=/r.git gitroot.zeta=1 gitroot.alpha=2")
     assert params.unknown_options == ("alpha", "zeta")
+
+
+def test_unknown_options_are_warned_about(caplog):
+    params = parse_cmdline("gitroot.repo=/r.git gitroot.brnach=x")
+    with caplog.at_level(logging.WARNING, logger="gitroot.test"):
+        warn_unknown(params, logging.getLogger("gitroot.test"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "unknown kernel command line option brnach= ignored (a typo?)"]
 
 
 def test_params_are_immutable():

@@ -1,13 +1,10 @@
 """The filesystem view on repositories built in tmp_path: no FUSE here."""
 
 import os
-
 import stat
 
 import pygit2
 import pytest
-
-from tests.conftest import REPO_ROOT
 
 from gitroot.git import objects as go
 from gitroot.errors import ManifestError, RepositoryError, SourceError
@@ -113,6 +110,56 @@ def test_commit_refuses_the_reserved_name(tmp_path):
         import_directory(str(src), str(tmp_path / "r.git"), "main", "m")
 
 
+def _run_cli_as_nobody(argv, cwd):
+    """``gitroot ARGV`` as uid/gid 65534, in a forked child of this process.
+
+    A fresh interpreter would have to reach the checkout (and a virtualenv
+    inside it), which nobody cannot when it sits in a 0700 directory such as
+    /root; the forked child has everything the verb needs imported before it
+    drops root.  Returns (exit status, stdout, stderr).
+    """
+    import io
+    import logging
+    import sys
+
+    import pygit2
+
+    import gitroot.cli
+    import gitroot.cli.commit  # noqa: F401  (imported here, while root)
+
+    out_path, err_path = os.path.join(cwd, "stdout"), os.path.join(cwd, "stderr")
+    pid = os.fork()
+    if pid == 0:
+        status = 70
+        try:
+            os.chdir(cwd)
+            # isolated_git_config pointed libgit2 at pytest's 0700 tmp directory
+            for name in ("GIT_CONFIG_LEVEL_SYSTEM", "GIT_CONFIG_LEVEL_XDG",
+                         "GIT_CONFIG_LEVEL_GLOBAL"):
+                level = getattr(pygit2, name, None)
+                if level is None:
+                    level = getattr(pygit2.enums.ConfigLevel, name[len("GIT_CONFIG_LEVEL_"):])
+                pygit2.settings.search_path[level] = cwd
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.environ["HOME"] = cwd
+            sys.stdout = io.TextIOWrapper(open(out_path, "wb"), write_through=True)
+            sys.stderr = io.TextIOWrapper(open(err_path, "wb"), write_through=True)
+            logging.root.handlers.clear()       # pytest's; main() installs its own
+            status = gitroot.cli.main(argv)
+        except BaseException:                   # report it; never return into pytest
+            import traceback
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+    _, wait_status = os.waitpid(pid, 0)
+    with open(out_path) as out, open(err_path) as err:
+        return os.waitstatus_to_exitcode(wait_status), out.read(), err.read()
+
+
 @pytest.mark.parametrize("what,message", [
     ("file", "secret: cannot read: Permission denied"),
     ("dir", "private: cannot list directory: Permission denied"),
@@ -121,8 +168,6 @@ def test_commit_names_the_path_it_cannot_read(what, message):
     """Run as an unprivileged user (root reads everything), as a publisher
     who is not root would."""
     import shutil
-    import subprocess
-    import sys
     import tempfile
     if os.geteuid() != 0:
         pytest.skip("needs root to create files the unprivileged user cannot read")
@@ -140,20 +185,11 @@ def test_commit_names_the_path_it_cannot_read(what, message):
             os.chmod(os.path.join(src, "secret"), 0o600)
         else:
             os.mkdir(os.path.join(src, "private"), 0o700)
-
-        def drop():
-            os.setgid(65534)
-            os.setuid(65534)
-
-        root = REPO_ROOT
-        proc = subprocess.run(
-            [sys.executable, "-m", "gitroot", "commit", src, "--repo",
-             os.path.join(base, "r.git"), "--branch", "main"],
-            preexec_fn=drop, capture_output=True, text=True,
-            env=dict(os.environ, PYTHONPATH=root, HOME=base), cwd=base)
-        assert proc.returncode == SourceError.exit_code, proc.stderr
-        assert proc.stderr.strip().splitlines() == [f"gitroot: error: /{message}"]
-        assert proc.stdout == ""
+        status, stdout, stderr = _run_cli_as_nobody(
+            ["commit", src, "--repo", os.path.join(base, "r.git"), "--branch", "main"], base)
+        assert status == SourceError.exit_code, stderr
+        assert stderr.strip().splitlines() == [f"gitroot: error: /{message}"]
+        assert stdout == ""
     finally:
         shutil.rmtree(base)
 
