@@ -206,7 +206,7 @@ class Fetcher:
                 "--progress" if s.progress else "--quiet",
                 "--", source, refspec]
         proc = run_git(self.repo.path, *args, stdout=subprocess.DEVNULL,
-                       stderr=None if s.progress else subprocess.PIPE)
+                       stderr=None if s.progress else subprocess.PIPE, own_group=True)
         if proc.returncode != 0:
             what = s.branch if refspec.startswith("+refs/heads/") else refspec.split(":")[0][1:]
             raise FetchError(f"fetching {what} from {source} failed: "

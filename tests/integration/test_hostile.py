@@ -218,13 +218,30 @@ def test_stalled_fetch_ends_with_a_recorded_failure(world, what):
         started = time.monotonic()
         proc = run(stalled, "fetch")
         elapsed = time.monotonic() - started
+        # git's HTTP helper went with git: nothing still holds the connection
+        left = _processes_mentioning(f"127.0.0.1:{slow.port}")
     assert proc.returncode == 9, proc.stderr
     assert "not done within 3 s" in proc.stderr
+    assert not left, left
     assert elapsed < 20, elapsed
     st = stalled.status()
     assert st["last_fetch"]["result"] == "failed"
     assert "not done within 3 s" in st["last_fetch"]["message"]
     assert st["next_boot"]["commit"] == first
+
+
+def _processes_mentioning(text):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in argv:
+                found.append(argv)
+    return found
 
 
 def test_remote_document_with_dribbled_headers_is_cut_at_its_timeout(world):
