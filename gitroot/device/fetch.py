@@ -35,7 +35,8 @@ from typing import List, Optional
 import pygit2
 
 from gitroot.errors import (FetchError, GitrootError, RefusedReleaseError, SignatureError)
-from gitroot.boot.state import FETCH_LOCK_FILE, FetchRecord, State, StateStore, booted_commit
+from gitroot.boot.state import (FETCH_LOCK_FILE, FetchRecord, State, StateStore, bootable,
+                                booted_commit)
 from gitroot.boot.transitions import schedule_trial
 from gitroot.device.bootfiles import install_boot_files
 from gitroot.device.deadline import Deadline, Terminated, enforced
@@ -223,7 +224,10 @@ class Fetcher:
             return Offer(commit, signature_refusal=err)
         signed_at = verdict.signed_at if verdict.signed_at is not None \
             else self.repo[pygit2.Oid(hex=commit)].commit_time
-        base = current_release(state)
+        # Descent from what the device can really run: a current release
+        # whose objects are gone (the boot falls back past it) is no base.
+        base = next((c for c in (current_release(state), state.previous_good)
+                     if c is not None and bootable(self.repo, c)), None)
         descends = None if base is None else \
             (commit == base or self._descends(commit, base))
         return Offer(commit, signature=verdict.summary(), signed_at=float(signed_at),

@@ -338,7 +338,8 @@ def test_boot_falls_back_past_a_missing_last_good_release(world):
     assert proc.stdout.split() == [first, "previous-good"]
 
 
-def test_unreadable_state_boots_from_refs_and_is_repaired(world):
+@pytest.mark.parametrize("verb", ["pin", "fetch", "mark-good", "rollback"])
+def test_unreadable_state_boots_from_refs_and_is_repaired(world, verb):
     publisher, device, first, server = world
     second = publisher.release()
     good_release(device, second)
@@ -350,12 +351,14 @@ def test_unreadable_state_boots_from_refs_and_is_repaired(world):
     proc = run(device, "boot-select", "--with-reason", check=True)
     assert proc.stdout.split() == [second, "last-good"]
     assert "Traceback" not in proc.stderr
-    # the next state change rewrites the file
-    run(device, "pin", first, check=True)
+    # the next state change rewrites the file from the refs
+    proc = run(device, *(["pin", first] if verb == "pin" else [verb]), check=True)
+    assert "rebuilt from refs/gitroot/" in proc.stderr
     with open(state_file) as f:
         repaired = json.load(f)
     assert repaired["last_good"] == second and repaired["previous_good"] == first
-    assert repaired["trial"]["commit"] == first
+    if verb in ("pin", "rollback"):
+        assert repaired["trial"]["commit"] == first
     assert device.status()["state_error"] is None
 
 
