@@ -217,7 +217,6 @@ class Fetcher:
 
     def _examine(self, commit: str, state: State) -> Offer:
         """What the checks find out about *commit* (gitroot.device.decide.Offer)."""
-        s = self.settings
         try:
             verdict = self._verify(commit)
         except SignatureError as err:

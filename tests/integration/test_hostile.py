@@ -16,7 +16,7 @@ import pygit2
 import pytest
 
 from slow_server import SlowServer
-from tests.conftest import REPO_ROOT, gitroot_cmd
+from tests.conftest import gitroot_cmd
 from tests.lifecycle_support import BRANCH, Device, Publisher
 
 CLI_SECONDS = 60        # no single CLI call in these tests may take longer
