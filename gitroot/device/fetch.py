@@ -9,11 +9,15 @@ One run (``gitroot fetch``, at boot and from a timer):
    from any of them means no fetch at all.
 3. Transfer with the ``git`` program (smart HTTP, ``file://``, a path, or a
    bundle file) or from a static directory of bundles, into the quarantine
-   ref ``refs/gitroot/incoming/BRANCH`` only.  A transfer killed at any
-   point leaves at most unreferenced temporary packs; no pin moves.
-4. Check the release: signature under the configured policy; a descendant of
-   the current release (no downgrade unless asked); not older than the
-   configured maximum age (a frozen server).
+   ref ``refs/gitroot/incoming/BRANCH`` only, all under one overall
+   deadline (``fetch_timeout``, :mod:`gitroot.device.deadline`).  A
+   transfer killed at any point leaves at most unreferenced temporary
+   packs; no pin moves.
+4. Check the release -- the branch head, or the remote document's
+   ``update-revision`` -- and decide (:func:`gitroot.device.decide.decide`,
+   pure): signature under the policy, channel binding, age (also of the
+   release the device already runs: a frozen server), descent from the
+   current release, abandoned, held.
 5. Install its kernel and initrd into the boot directory (write, fsync,
    rename), then pin it as the trial with N tries and record the result.
 
