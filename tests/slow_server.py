@@ -1,7 +1,7 @@
 """A deliberately slow HTTP server on 127.0.0.1 for the hang tests.
 
 It speaks just enough HTTP/1.1 over a plain socket to be believed, and then
-dribbles: one byte every ``interval`` seconds, from the very first byte of
+dribbles: one byte every ``interval`` seconds (per path with ``routes``), from the very first byte of
 the status line (``headers=True``: http.client is still reading headers
 when requests' per-read timeout would have to fire) or from the first byte
 of the body.  Each connection is served by its own thread until the client
@@ -15,13 +15,16 @@ listening socket and every connection.
 import socket
 import threading
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 
 class SlowServer:
     def __init__(self, body: bytes = b"{}", *, interval: float = 0.5,
-                 headers: bool = False, content_type: str = "application/json") -> None:
+                 headers: bool = False, content_type: str = "application/json",
+                 routes: Optional[Dict[str, Tuple[bytes, float]]] = None) -> None:
         self.body = body
+        #: path -> (body, seconds between bytes; 0: all at once), before the default
+        self.routes = routes or {}
         self.interval = interval
         self.drip_headers = headers
         self.content_type = content_type
@@ -47,21 +50,25 @@ class SlowServer:
                 if not chunk:
                     return
                 request += chunk
+            path = request.split(b" ", 2)[1].decode("ascii", "replace").split("?")[0]
+            body, interval = self.routes.get(path, (self.body, self.interval))
             head = (b"HTTP/1.1 200 OK\r\nContent-Type: " + self.content_type.encode() +
-                    b"\r\nContent-Length: %d\r\n\r\n" % len(self.body))
-            if self.drip_headers:
-                self._drip(conn, head + self.body)
+                    b"\r\nContent-Length: %d\r\n\r\n" % len(body))
+            if not interval:
+                conn.sendall(head + body)
+            elif self.drip_headers:
+                self._drip(conn, head + body, interval)
             else:
                 conn.sendall(head)
-                self._drip(conn, self.body)
+                self._drip(conn, body, interval)
         except OSError:
             pass                    # the client gave up: what the tests want
         finally:
             conn.close()
 
-    def _drip(self, conn: socket.socket, data: bytes) -> None:
+    def _drip(self, conn: socket.socket, data: bytes, interval: float) -> None:
         for index in range(len(data)):
-            if self._stopped.wait(self.interval):
+            if self._stopped.wait(interval):
                 return
             conn.sendall(data[index:index + 1])
 

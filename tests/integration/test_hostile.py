@@ -230,6 +230,26 @@ def test_stalled_fetch_ends_with_a_recorded_failure(world, what):
     assert st["next_boot"]["commit"] == first
 
 
+def test_stalled_bundle_download_ends_with_a_recorded_failure(world):
+    """index.json arrives at once, the bundle it lists one byte at a time."""
+    publisher, device, first, server = world
+    index = {"format": "gitroot-bundles/1", "heads": {BRANCH: "e" * 40},
+             "bundles": [{"branch": BRANCH, "from": first, "to": "e" * 40,
+                          "file": "stable-upgrade.bundle.xz", "size": 1000,
+                          "sha256": "0" * 64}]}
+    with SlowServer(routes={"/os/index.json": (json.dumps(index).encode(), 0),
+                            "/os/stable-upgrade.bundle.xz": (b"\xfd" * 1000, 0.5)}) as slow:
+        stalled = steered(device, "stalled-bundle", slow.url("/os/"), fetch_timeout="4s")
+        started = time.monotonic()
+        proc = run(stalled, "fetch")
+        elapsed = time.monotonic() - started
+    assert proc.returncode == 9, proc.stderr
+    assert "not done within 4 s" in proc.stderr
+    assert elapsed < 20, elapsed
+    st = stalled.status()
+    assert st["last_fetch"]["result"] == "failed" and st["next_boot"]["commit"] == first
+
+
 def _processes_mentioning(text):
     found = []
     for entry in os.listdir("/proc"):
