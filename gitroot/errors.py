@@ -179,7 +179,7 @@ EXIT_CODES = {
     6: "mount: FUSE could not be set up",
     7: "corrupt object: missing from the store or not hashing to its id",
     8: "state: state.json, its locks or its refs cannot be read or written",
-    9: "fetch failed (network, server, disk); nothing was pinned",
+    9: "fetch failed (network, server, disk, deadline); nothing was pinned",
     10: "release refused (downgrade, age, channel); nothing was pinned",
     11: "a program gitroot runs (git, gpgv, ssh-keygen) is not installed",
     12: "publishing: a bundle or an index could not be written",

@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     f = info["last_fetch"]
     if f:
         print(f"last fetch:    {_when(f['time'])}: {f['result']}: {f['message']}")
+        for warning in f.get("warnings") or ():
+            print(f"  warning:     {warning}")
     else:
         print("last fetch:    never")
     p = info["pending_update"]
