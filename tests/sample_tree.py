@@ -1,17 +1,18 @@
 """A sample root tree with every awkward kind of metadata, and a comparer.
 
-``make_sample_tree(dest)`` builds the tree; ``snapshot(root)`` records, for
-every entry, everything the round trip must keep; ``compare(a, b)`` lists the
+``make_sample_tree(dest)`` builds the tree; ``make_release_tree(dest, n)``
+makes it release *n* of a small OS (its own os-release, kernel and initrd in
+/boot, a NEWS file from release 2 on); ``snapshot(root)`` records, for every
+entry, everything the round trip must keep; ``compare(a, b)`` lists the
 differences.  Used by the round-trip tests and by the README's example
-(``bash .ci/example``, which runs ``python3 tests/sample_tree.py demo``).
+(``bash .ci/example``, which runs ``python3 tests/sample_tree.py release N
+DIR`` and ``python3 tests/sample_tree.py compare SOURCE MOUNT``).
 """
 
 import hashlib
 import os
 import stat
-import subprocess
 import sys
-import tempfile
 from typing import Dict, List, Tuple
 
 BIG_FILE_SIZE = 50 * 1024 * 1024 + 12345
@@ -161,42 +162,50 @@ def compare(expected: Dict[bytes, Record], actual: Dict[bytes, Record]) -> List[
     return problems
 
 
-def demo() -> int:
-    """The README's example: sample tree -> commit -> mount -> compare."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    work = tempfile.mkdtemp(prefix="gitroot-example-")
-    src, repo, mnt = (os.path.join(work, n) for n in ("rootfs", "repo.git", "mnt"))
-    print(f"== building a sample root tree in {src}")
-    make_sample_tree(src)
-    run = lambda *a: subprocess.run([sys.executable, "-m", "gitroot", *a],  # noqa: E731
-                                    check=True, cwd=here, capture_output=True, text=True)
-    print("== gitroot commit")
-    commit = run("commit", src, "--repo", repo, "--branch", "main", "-m", "sample").stdout.strip()
-    print(f"   commit {commit}")
-    os.makedirs(mnt)
-    print(f"== gitroot mount {commit[:12]} {mnt}")
-    run("mount", "--repo", repo, commit, mnt)
-    try:
-        listing = subprocess.run(["ls", "-la", os.path.join(mnt, "bin"), os.path.join(mnt, "dev")],
-                                 capture_output=True, text=True).stdout
-        print(listing)
-        problems = compare(snapshot(src), snapshot(mnt))
-    finally:
-        subprocess.run(["fusermount", "-u", mnt], check=False)
-    n = len(snapshot(src))
+def make_release_tree(dest: str, release: int, big_file: bool = True) -> str:
+    """The sample tree as release *release* of a small OS: what changes from
+    one release to the next is /etc/os-release, the kernel and initrd in
+    /boot (named after the release, as a kernel upgrade renames them) and,
+    from release 2 on, /usr/share/doc/sample/NEWS."""
+    make_sample_tree(dest, big_file=big_file)
+    j = lambda *p: os.path.join(dest, *p)  # noqa: E731
+    with open(j("etc/os-release"), "w") as f:
+        f.write(f'PRETTY_NAME="gitroot sample OS, release {release}"\nVERSION_ID="{release}"\n')
+    os.makedirs(j("boot"))
+    for name in ("vmlinuz", "initrd.img"):
+        with open(j("boot", f"{name}-6.12.{release}-amd64"), "wb") as f:
+            f.write(f"{name} of release {release}\n".encode())
+    if release >= 2:
+        os.makedirs(j("usr/share/doc/sample"))
+        with open(j("usr/share/doc/sample/NEWS"), "w") as f:
+            f.writelines(f"release {n}: kernel 6.12.{n}\n" for n in range(release, 0, -1))
+    return dest
+
+
+def compare_command(source: str, mount: str) -> int:
+    """Compare a mount with its source entry by entry and say so."""
+    problems = compare(snapshot(source), snapshot(mount))
     if problems:
-        print(f"== MISMATCH: {len(problems)} differences")
+        print(f"MISMATCH: {len(problems)} differences")
         for p in problems[:50]:
-            print("   " + p)
+            print("  " + p)
         return 1
-    print(f"== the mount matches the source: {n} entries, every type, mode, owner, size, "
-          "mtime (ns), link target, device number, link count, xattr and SHA-256 equal")
-    print(f"   (files kept in {work})")
+    print(f"{mount} matches {source}: {len(snapshot(source))} entries, every type, mode, "
+          "owner, size, mtime (ns), link target, device number, link count, xattr and "
+          "SHA-256 equal")
     return 0
 
 
+USAGE = """usage: sample_tree.py release N DIR       make release N of the sample OS in DIR
+       sample_tree.py compare SOURCE MOUNT  compare a mount with its source"""
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] == ["demo"]:
-        sys.exit(demo())
-    print("usage: sample_tree.py demo", file=sys.stderr)
+    args = sys.argv[1:]
+    if len(args) == 3 and args[0] == "release" and args[1].isdigit():
+        make_release_tree(args[2], int(args[1]))
+        sys.exit(0)
+    if len(args) == 3 and args[0] == "compare":
+        sys.exit(compare_command(args[1], args[2]))
+    print(USAGE, file=sys.stderr)
     sys.exit(2)

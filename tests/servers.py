@@ -113,7 +113,7 @@ class Lighttpd:
                 # behind a real slow link, and transfer_in_progress() sees it.
                 "server.stream-response-body = 2",
                 f'alias.url = ("/git/" => "{GIT_HTTP_BACKEND}/")',
-                '$HTTP["url"] =~ "^/git/" {',
+                '$HTTP["url"] =~ "^/git(/|$)" {',
                 '    cgi.assign = ("" => "")',
                 '    setenv.add-environment = (',
                 f'        "GIT_PROJECT_ROOT" => "{self.repos_dir}",',

@@ -104,6 +104,8 @@ class Config:
     """Seconds; a release signed longer ago is refused (a frozen server)."""
     noupgrade: bool = False
     """Never fetch (an image that must stay as it is)."""
+    fetch_timeout: int = 2 * 3600
+    """Seconds one fetch's transfer may take in all (index, bundles, git fetch)."""
     remote_config: RemoteConfigSource = field(default_factory=RemoteConfigSource)
     path: Optional[str] = None
     """The file this came from; ``None`` when no file was read."""
@@ -224,6 +226,9 @@ def load_yaml(text: str, source: str, error: type = ConfigError) -> Any:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise error(f"{source}: not valid YAML: {problem}{where}") from err
+    except RecursionError:
+        # 40 KB of '[' exhaust the composer's stack: a bad document like any other
+        raise error(f"{source}: not valid YAML: nested too deeply") from None
 
 
 # -- checking values -------------------------------------------------------
@@ -333,25 +338,7 @@ def parse_duration(value: Any) -> int:
 
 def _config_from(data: Dict[Any, Any], source: str) -> Config:
     top = _Reader(data, source)
-
-    remotes_value = top.take("remotes")
-    if remotes_value is None:
-        remotes: Tuple[str, ...] = ()
-    elif not isinstance(remotes_value, list):
-        raise top.fail("remotes", f"must be a list of URLs, not {_type_name(remotes_value)}"
-                       " (write it as '- URL' lines)")
-    else:
-        checked = []
-        for index, url in enumerate(remotes_value):
-            if not isinstance(url, str) or not url:
-                raise top.fail(f"remotes[{index}]", f"must be a URL, not {_type_name(url)}")
-            if not (url.startswith(REMOTE_SCHEMES) or url.startswith("/")):
-                raise top.fail(f"remotes[{index}]",
-                               f"{url!r} is not an http://, https://, file:// URL "
-                               "or an absolute path")
-            checked.append(url)
-        remotes = tuple(checked)
-
+    remotes = _remotes(top)
     branch = top.string("branch", Config.branch)
     assert branch is not None
     problem = branch_name_problem(branch)
@@ -373,44 +360,22 @@ def _config_from(data: Dict[Any, Any], source: str) -> Config:
     if policy not in SIGNATURE_POLICIES:
         raise top.fail("signature_policy",
                        f"must be one of {', '.join(SIGNATURE_POLICIES)}, not {policy!r}")
-
     tries = top.integer("tries", Config.tries, minimum=1)
-
     age_value = top.take("max_signature_age")
     try:
         max_age = None if age_value is None else parse_duration(age_value)
     except ValueError as err:
         raise top.fail("max_signature_age", str(err)) from None
-
     noupgrade = top.boolean("noupgrade", Config.noupgrade)
 
-    loader = top.section("bootloader")
-    loader_type = loader.string("type", BootLoaderSettings.type)
-    if loader_type not in BOOT_LOADERS:
-        raise loader.fail("type", f"must be one of {', '.join(BOOT_LOADERS)}, "
-                          f"not {loader_type!r}")
-    loader_cmdline = loader.take("cmdline")
-    if loader_cmdline is None:
-        loader_cmdline = ""
-    elif not isinstance(loader_cmdline, str):
-        raise loader.fail("cmdline", f"must be a string, not {_type_name(loader_cmdline)}")
-    elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in loader_cmdline):
-        raise loader.fail("cmdline", "holds a control character")
-    elif "gitroot.commit=" in loader_cmdline:
-        raise loader.fail("cmdline", "must not name gitroot.commit= (each entry adds its own)")
-    loader.finish()
-    bootloader = BootLoaderSettings(type=loader_type or "none", cmdline=loader_cmdline)
-
-    remote = top.section("remote_config")
-    url = remote.string("url", None)
-    if url is not None and not url.startswith(("http://", "https://")):
-        raise remote.fail("url", f"must be an http:// or https:// URL, not {url!r}")
-    remote_config = RemoteConfigSource(
-        url=url,
-        timeout=remote.number("timeout", RemoteConfigSource.timeout),
-        max_bytes=remote.integer("max_bytes", RemoteConfigSource.max_bytes, minimum=1),
-    )
-    remote.finish()
+    bootloader = _bootloader(top.section("bootloader"))
+    timeout_value = top.take("fetch_timeout")
+    try:
+        fetch_timeout = Config.fetch_timeout if timeout_value is None \
+            else parse_duration(timeout_value)
+    except ValueError as err:
+        raise top.fail("fetch_timeout", str(err)) from None
+    remote_config = _remote_config(top.section("remote_config"))
     top.finish()
 
     return Config(remotes=remotes, branch=branch, repository=repository,
@@ -418,4 +383,52 @@ def _config_from(data: Dict[Any, Any], source: str) -> Config:
                   bootloader=bootloader,
                   trusted_keys=trusted_keys, signature_policy=policy or "strict",
                   tries=tries, max_signature_age=max_age, noupgrade=noupgrade,
-                  remote_config=remote_config, path=source)
+                  fetch_timeout=fetch_timeout, remote_config=remote_config, path=source)
+
+
+def _remotes(top: "_Reader") -> Tuple[str, ...]:
+    value = top.take("remotes")
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise top.fail("remotes", f"must be a list of URLs, not {_type_name(value)}"
+                       " (write it as '- URL' lines)")
+    for index, url in enumerate(value):
+        if not isinstance(url, str) or not url:
+            raise top.fail(f"remotes[{index}]", f"must be a URL, not {_type_name(url)}")
+        if not (url.startswith(REMOTE_SCHEMES) or url.startswith("/")):
+            raise top.fail(f"remotes[{index}]",
+                           f"{url!r} is not an http://, https://, file:// URL "
+                           "or an absolute path")
+    return tuple(value)
+
+
+def _bootloader(loader: "_Reader") -> BootLoaderSettings:
+    loader_type = loader.string("type", BootLoaderSettings.type)
+    if loader_type not in BOOT_LOADERS:
+        raise loader.fail("type", f"must be one of {', '.join(BOOT_LOADERS)}, "
+                          f"not {loader_type!r}")
+    cmdline = loader.take("cmdline")
+    if cmdline is None:
+        cmdline = ""
+    elif not isinstance(cmdline, str):
+        raise loader.fail("cmdline", f"must be a string, not {_type_name(cmdline)}")
+    elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in cmdline):
+        raise loader.fail("cmdline", "holds a control character")
+    elif "gitroot.commit=" in cmdline:
+        raise loader.fail("cmdline", "must not name gitroot.commit= (each entry adds its own)")
+    loader.finish()
+    return BootLoaderSettings(type=loader_type or "none", cmdline=cmdline)
+
+
+def _remote_config(remote: "_Reader") -> RemoteConfigSource:
+    url = remote.string("url", None)
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise remote.fail("url", f"must be an http:// or https:// URL, not {url!r}")
+    source = RemoteConfigSource(
+        url=url,
+        timeout=remote.number("timeout", RemoteConfigSource.timeout),
+        max_bytes=remote.integer("max_bytes", RemoteConfigSource.max_bytes, minimum=1),
+    )
+    remote.finish()
+    return source

@@ -12,7 +12,8 @@ import pygit2
 
 from gitroot.git import objects as go
 from gitroot.git import manifest as mf
-from gitroot.serve.vfs import RootView
+from gitroot.git.release import read_manifest_bytes
+from gitroot.git.repository import resolve_commit
 
 
 @dataclass
@@ -58,11 +59,17 @@ def _contents(repo: pygit2.Repository, tree: bytes, prefix: bytes,
             out[path] = (item.mode, item.oid)
 
 
-def _snapshot(repo: pygit2.Repository, commit: str):
-    view = RootView(repo, commit)
+def _snapshot(repo: pygit2.Repository, rev: str):
+    """(commit id, manifest entries, {path: (mode, blob id)}) of a release:
+    only its trees and its manifest are read, never a file's content."""
+    commit = resolve_commit(repo, rev)
+    commit_id = str(commit.id)
+    root_tree = commit.tree_id.raw
+    manifest = mf.parse_manifest(read_manifest_bytes(repo.odb, root_tree,
+                                                     f"commit {commit_id[:12]}"))
     contents: Dict[bytes, Tuple[int, bytes]] = {}
-    _contents(repo, repo[pygit2.Oid(hex=view.commit_id)].tree_id.raw, b"", contents)
-    return view.commit_id, view.manifest.entries, contents
+    _contents(repo, root_tree, b"", contents)
+    return commit_id, manifest.entries, contents
 
 
 def diff_commits(repo: pygit2.Repository, old: str, new: str) -> DiffResult:

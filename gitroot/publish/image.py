@@ -35,10 +35,12 @@ log = logging.getLogger(__name__)
 
 PYTHON_DIR = "usr/lib/python3/dist-packages"
 UNIT_DIR = "usr/lib/systemd/system"
-UNITS = ("gitroot-fetch.service", "gitroot-fetch.timer", "gitroot-mark-good.service")
+UNITS = ("gitroot-fetch.service", "gitroot-fetch.timer", "gitroot-mark-good.service",
+         "gitroot-migrate.service")
 ENABLE = {"gitroot-fetch.service": "multi-user.target.wants",
           "gitroot-mark-good.service": "multi-user.target.wants",
-          "gitroot-fetch.timer": "timers.target.wants"}
+          "gitroot-fetch.timer": "timers.target.wants",
+          "gitroot-migrate.service": "sysinit.target.wants"}
 
 #: (Debian package, a path in the image that shows it is installed)
 RUNTIME_PACKAGES: Tuple[Tuple[str, str], ...] = (
@@ -49,7 +51,7 @@ RUNTIME_PACKAGES: Tuple[Tuple[str, str], ...] = (
     ("python3-yaml", f"{PYTHON_DIR}/yaml"),
     ("python3-requests", f"{PYTHON_DIR}/requests"),
     ("python3-cryptography", f"{PYTHON_DIR}/cryptography"),
-    ("fuse", "usr/bin/fusermount"),
+    ("fuse (Debian 12) or fuse3 (Debian 13)", "usr/bin/fusermount*"),
     ("git", "usr/bin/git"),
     ("initramfs-tools", "usr/sbin/update-initramfs"),
     ("ca-certificates", "etc/ssl/certs/ca-certificates.crt"),

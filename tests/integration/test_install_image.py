@@ -35,7 +35,8 @@ def test_installs_everything_a_device_needs(root):
     assert (root / "etc/initramfs-tools/conf.d/gitroot").read_text() == "FSTYPE=ext4\n"
     for unit, target in (("gitroot-fetch.service", "multi-user.target"),
                          ("gitroot-mark-good.service", "multi-user.target"),
-                         ("gitroot-fetch.timer", "timers.target")):
+                         ("gitroot-fetch.timer", "timers.target"),
+                         ("gitroot-migrate.service", "sysinit.target")):
         assert (root / "usr/lib/systemd/system" / unit).is_file()
         link = root / "etc/systemd/system" / f"{target}.wants" / unit
         assert os.readlink(link) == f"/usr/lib/systemd/system/{unit}"

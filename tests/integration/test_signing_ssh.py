@@ -7,13 +7,13 @@ checked by ``gitroot verify`` (library and CLI), ``git verify-tag`` /
 """
 
 import base64
-import os
 import struct
 
 import pygit2
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import dsa, padding
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from conftest import gitroot_cmd, have
 from gitroot import errors
@@ -306,24 +306,48 @@ def test_malformed_commit_signature(world, keys):
     assert_agree(repo, forged, allowed, tmp, "MalformedSignatureError")
 
 
-def test_unsupported_dsa_key(world, tmp_path):
-    """OpenSSH 9.2 still signs with DSA and git accepts it; gitroot refuses it.
+def _mpint(value: int) -> bytes:
+    return _s(value.to_bytes(value.bit_length() // 8 + 1, "big"))
 
-    This is the one deliberate disagreement with git: DSA is deprecated and
-    not among the key types gitroot checks.
-    """
+
+def _ssh_knows_dsa() -> bool:
+    """Whether this OpenSSH still has DSA (``ssh-dss``): 9.x does, 10.0 dropped it."""
+    listed = run("ssh", "-Q", "key", check=False).stdout.decode().split()
+    return "ssh-dss" in listed
+
+
+def test_unsupported_dsa_key(world, tmp_path):
+    """gitroot refuses DSA (``ssh-dss``): deprecated, and not among the key
+    types it checks.  OpenSSH 9.x, and so git, still accepts it; OpenSSH 10
+    dropped DSA and can no longer make such a key, so the key and its SSHSIG
+    signature are made with cryptography, byte for byte as ssh-keygen made
+    them."""
     repo, _, tmp = world
-    dsa = ssh_key(tmp_path, "dsa", "dsa")
-    if not os.path.exists(dsa):
-        pytest.skip("this ssh-keygen cannot make DSA keys")
-    allowed = write_allowed_signers(tmp_path / "dsa_signers",
-                                    [f"dsa@example.com {public_key(dsa)}"])
-    git_tag(repo, dsa, "v1")
+    private = dsa.generate_private_key(key_size=1024)
+    numbers = private.public_key().public_numbers()
+    key_blob = (_s(b"ssh-dss") + _mpint(numbers.parameter_numbers.p)
+                + _mpint(numbers.parameter_numbers.q) + _mpint(numbers.parameter_numbers.g)
+                + _mpint(numbers.y))
+    allowed = write_allowed_signers(tmp_path / "dsa_signers", [
+        "dsa@example.com ssh-dss " + base64.b64encode(key_blob).decode()])
+    payload = format_tag(repo.rev("HEAD"), "commit", "v1",
+                         b"gitroot test <test@gitroot.invalid> 1700000000 +0000", b"dsa\n")
+    sig = sshsig.SshSignature(key_blob, "git", b"", "sha512", b"")
+    r_value, s_value = decode_dss_signature(
+        private.sign(sshsig.signed_data(sig, payload), hashes.SHA1()))
+    # ssh-dss signature (RFC 4253 6.6): r and s, 160 bits each
+    raw_sig = r_value.to_bytes(20, "big") + s_value.to_bytes(20, "big")
+    repo.forge_tag("v1", payload + armor(key_blob, "git", "sha512",
+                                         _s(b"ssh-dss") + _s(raw_sig)))
     out = gitroot_outcome(repo, "refs/tags/v1", allowed_signers=allowed)
     assert out.result == "UnsupportedSignatureError"
     assert "ssh-dss" in str(out.error)
-    assert git_verify(repo, "refs/tags/v1", allowed).returncode == 0
-    assert ssh_keygen_verify(repo, "refs/tags/v1", allowed, tmp).returncode == 0
+    # OpenSSH 9.x verifies the crafted signature (so it is a real DSA
+    # signature); OpenSSH 10 cannot, and git with it refuses too
+    openssh_has_dsa = _ssh_knows_dsa()
+    assert (git_verify(repo, "refs/tags/v1", allowed).returncode == 0) == openssh_has_dsa
+    keygen = ssh_keygen_verify(repo, "refs/tags/v1", allowed, tmp)
+    assert (keygen.returncode == 0) == openssh_has_dsa, keygen.stderr
 
 
 def test_unknown_key_type_crafted(world, tmp_path):

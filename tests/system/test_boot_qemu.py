@@ -1,7 +1,9 @@
 """Whole boots in QEMU: the boot script, the hook and the jailed daemon.
 
-A Debian bookworm root (debootstrap, with a kernel, initramfs-tools and
-Debian's own python3-pygit2 and python3-fusepy) gets gitroot, the hook
+Every test runs on each guest release in ``GITROOT_BOOT_RELEASES`` (default
+``trixie bookworm``): a Debian root of that release (debootstrap, with a
+kernel, initramfs-tools and Debian's own python3-pygit2 and python3-fusepy)
+gets gitroot, the hook
 ``hooks/gitroot`` and the boot script ``initramfs/gitroot``; its initramfs is
 made with ``update-initramfs`` in a chroot, and the root is committed twice
 into a bare repository: a good release whose init reports what it finds and
@@ -12,8 +14,10 @@ the serial console.
 
 Building costs a few minutes, so the kernel, initrd and repository are kept
 in the shared cache (see tests/rootfs.py) under a key made of every input
-(the packages, the hook, the boot script, gitroot's sources, the test
-inits), and rebuilt only when one changes.
+(the release, the packages, the hook, the boot script, gitroot's sources,
+the test inits), and rebuilt only when one changes.  What the guest should
+report (its Debian version, kernel, pygit2 version) is read from the built
+root, not written here.
 """
 
 import glob
@@ -32,9 +36,14 @@ from tests.conftest import REPO_ROOT, gitroot_cmd
 from tests.rootfs import cache_dir, debian_minbase
 
 QEMU = "qemu-system-x86_64"
+RELEASES = os.environ.get("GITROOT_BOOT_RELEASES", "trixie bookworm").split()
 ROOT_PACKAGES = ("linux-image-amd64,initramfs-tools,python3-pygit2,python3-fusepy,"
-                 "python3-cffi-backend,python3-yaml,fuse,ca-certificates,busybox,zstd")
-BUILD_FORMAT = "1"          # bump to throw away cached builds
+                 "python3-cffi-backend,python3-yaml,ca-certificates,busybox,zstd")
+# Debian 13 renamed libfuse2 (64-bit time_t) and made `fuse` a transitional
+# package for fuse3; a release not named here gets trixie's names.
+FUSE_PACKAGES = {"bookworm": "fuse,libfuse2", "trixie": "fuse3,libfuse2t64"}
+BUILD_FORMAT = "2"          # bump to throw away cached builds
+STALE_AFTER = 2 * 86400     # drop a cached build unused this long (other branches' too)
 BOOT_TIMEOUT = 300
 MARK = "GITROOT-TEST:"
 TEST_INIT = "/usr/local/sbin/gitroot-test-init"
@@ -44,6 +53,8 @@ GOOD_INIT = r"""#!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 say() { echo "GITROOT-TEST: $*"; }
 say "good release init running"
+say "debian $(cat /etc/debian_version)"
+say "kernel $(uname -r)"
 say "booted $(cat /run/gitroot/booted)"
 say "root-mount $(grep '^[^ ]* / ' /proc/mounts)"
 say "lower-mount $(grep ' /run/gitroot/lower ' /proc/mounts)"
@@ -80,9 +91,13 @@ pytestmark = [
 
 # -- building the kernel, initrd and releases (cached) -------------------
 
-def _build_key() -> str:
+def _packages(release: str) -> str:
+    return ROOT_PACKAGES + "," + FUSE_PACKAGES.get(release, FUSE_PACKAGES["trixie"])
+
+
+def _build_key(release: str) -> str:
     digest = hashlib.sha256()
-    for part in (BUILD_FORMAT, ROOT_PACKAGES, GOOD_INIT, BROKEN_INIT):
+    for part in (BUILD_FORMAT, release, _packages(release), GOOD_INIT, BROKEN_INIT):
         digest.update(part.encode() + b"\0")
     sources = [os.path.join(REPO_ROOT, "hooks", "gitroot"),
                os.path.join(REPO_ROOT, "initramfs", "gitroot")]
@@ -145,8 +160,8 @@ def _write_init(root: str, text: str) -> None:
     os.chmod(path, 0o755)
 
 
-def _build(dest: str) -> None:
-    base = debian_minbase(include=ROOT_PACKAGES)
+def _build(dest: str, release: str) -> None:
+    base = debian_minbase(release, include=_packages(release))
     work = dest + ".building"
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
@@ -163,6 +178,8 @@ def _build(dest: str) -> None:
         _run("chroot", root, "python3", "-m", "compileall", "-q",
              "/usr/lib/python3/dist-packages/gitroot")
         _run("chroot", root, "update-initramfs", "-c", "-k", version)
+        pygit2_version = _run("chroot", root, "python3", "-c",
+                              "import pygit2; print(pygit2.__version__)").stdout.strip()
     shutil.copy(os.path.join(root, "boot", f"vmlinuz-{version}"), os.path.join(work, "vmlinuz"))
     shutil.copy(initrd, os.path.join(work, "initrd.img"))
 
@@ -172,7 +189,12 @@ def _build(dest: str) -> None:
     _write_init(root, BROKEN_INIT)
     broken = gitroot_cmd("commit", root, "--repo", repo, "--branch", "main",
                          "-m", "broken release: init exits").stdout.strip()
+    with open(os.path.join(root, "etc/debian_version")) as f:
+        debian_version = f.read().strip()
     info = {
+        "release": release,
+        "debian_version": debian_version,
+        "pygit2_version": pygit2_version,
         "kernel_version": version,
         "good": good,
         "broken": broken,
@@ -184,21 +206,32 @@ def _build(dest: str) -> None:
     os.rename(work, dest)
 
 
-@pytest.fixture(scope="module")
-def built():
-    """The cached build: kernel, initrd, a repository with both releases."""
+@pytest.fixture(scope="module", params=RELEASES)
+def built(request):
+    """The cached build for one guest release: kernel, initrd, a repository
+    with both releases."""
     import fcntl
+    release = request.param
     base = cache_dir()
     os.makedirs(base, exist_ok=True)
-    dest = os.path.join(base, f"boot-{_build_key()}")
+    dest = os.path.join(base, f"boot-{release}-{_build_key(release)}")
     with open(os.path.join(base, "boot.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.isdir(dest):
-            for stale in glob.glob(os.path.join(base, "boot-*")):
+        # Other checkouts (branches, CI) share the cache and may be booting
+        # from their own builds right now: only long-unused ones go.  Every
+        # build holds this lock, so a *.building seen here was abandoned.
+        for stale in glob.glob(os.path.join(base, "boot-*")):
+            try:
+                unused = time.time() - os.stat(os.path.join(stale, "build.json")).st_mtime
+            except OSError:
+                unused = STALE_AFTER + 1
+            if stale != dest and unused > STALE_AFTER:
                 shutil.rmtree(stale, ignore_errors=True)
+        if not os.path.isdir(dest):
             started = time.monotonic()
-            _build(dest)
+            _build(dest, release)
             print(f"built {dest} in {time.monotonic() - started:.0f} s")
+        os.utime(os.path.join(dest, "build.json"))     # in use
     with open(os.path.join(dest, "build.json")) as f:
         info = json.load(f)
     info["dir"] = dest
@@ -301,8 +334,11 @@ def check_good_boot(built, serial, reason):
     # metadata from the manifest: setuid bit and owner, mtime
     assert got["setuid"] == "4755 root:root /usr/bin/su"
     assert got["mtime"] == f"{built['debian_version_mtime']} /etc/debian_version"
+    # the guest is the release that was built, on its own kernel
+    assert got["debian"] == built["debian_version"]
+    assert got["kernel"] == built["kernel_version"]
     # files read for the first time after switch_root (the daemon lives on)
-    assert got["python"] == '"1.11.1"'
+    assert got["python"] == json.dumps(built["pygit2_version"])
     assert got["write"] == "written after switch_root"
     assert "done" in got
     return got
@@ -343,31 +379,61 @@ def test_broken_trial_falls_back_to_the_last_good_release(built, tmp_path):
     assert state["abandoned"]["commit"] == built["broken"]
 
 
-def test_unmountable_trial_falls_back_within_the_boot(built, tmp_path):
-    """A trial that cannot even be mounted (here: its commit is not in the
-    repository) costs no reboot: the boot script uses up its tries and
-    boot-select hands it the last good release."""
-    from gitroot.boot.state import StateStore, schedule_trial
+def _medium_with_state(built, tmp_path, make_state):
+    """A disk whose state is written behind gitroot's back by *make_state*
+    (repo, good commit) -> State (pin refuses what it cannot mount)."""
+    import pygit2
+    from gitroot.boot.state import StateStore
 
-    missing = "0123456789abcdef0123456789abcdef01234567"
     image_dir = tmp_path / "disk"
     image_dir.mkdir()
-    # pinned behind gitroot's back (pin refuses what it cannot mount)
     medium = image_dir / "medium"
     _run("cp", "-al", os.path.join(built["dir"], "medium"), medium)
     run_dir = tmp_path / "run"
     _device(medium, "pin", built["good"], "--tries", "1", run_dir=run_dir)
     _device(medium, "mark-good", "--booted", built["good"], run_dir=run_dir)
+    repo = pygit2.Repository(str(medium / "gitroot" / "repo.git"))
     store = StateStore(str(medium / "gitroot" / "state"))
-    store.save(schedule_trial(store.load(), missing, 2, hold=True), "pin", "test", missing,
-               "a trial whose commit is missing")
-    image = _make_image(medium, image_dir)
+    store.save(make_state(repo, store.load()), "pin", "test", None, "made by the test")
+    return _make_image(medium, image_dir)
 
+
+def test_missing_trial_falls_back_within_the_boot(built, tmp_path):
+    """A trial whose commit is not in the repository costs no reboot and no
+    mount attempt: boot-select abandons it and answers the last good release."""
+    from gitroot.boot.transitions import schedule_trial
+
+    missing = "0123456789abcdef0123456789abcdef01234567"
+    image = _medium_with_state(built, tmp_path, lambda repo, state: schedule_trial(
+        state, missing, 2, hold=True, now=time.time()))
     serial, elapsed = boot(built, image, tmp_path / "serial.log")
-    print(f"boot past an unmountable trial took {elapsed:.1f} s under TCG")
-    assert serial.count(f"mounting {missing} (trial)") == 2, serial[-4000:]
-    assert f"trial {missing} cannot be mounted; using up its tries" in serial
+    print(f"boot past a missing trial took {elapsed:.1f} s under TCG")
+    assert f"mounting {missing}" not in serial, serial[-4000:]
     got = check_good_boot(built, serial, "last-good")
-    assert "abandoned after 2 tries" in json.loads(got["booted"])["detail"]
+    assert "cannot be booted (missing) and was abandoned" in json.loads(got["booted"])["detail"]
     state = json.loads(got["state"])
     assert state["abandoned"]["commit"] == missing and state["trial"] is None
+
+
+def test_unmountable_last_good_falls_back_to_the_previous_good(built, tmp_path):
+    """A last good release that is present but cannot be mounted (here: a
+    commit without a manifest) no longer stops the boot: the boot script names
+    it to boot-select with --unusable and boots the previous good release."""
+    from dataclasses import replace
+
+    import pygit2
+    unmountable = []
+
+    def make_state(repo, state):
+        who = pygit2.Signature("test", "test@example.invalid")
+        empty_tree = repo.TreeBuilder().write()
+        commit = str(repo.create_commit(None, who, who, "no manifest\n", empty_tree, []))
+        unmountable.append(commit)
+        return replace(state, last_good=commit, previous_good=built["good"])
+
+    image = _medium_with_state(built, tmp_path, make_state)
+    serial, elapsed = boot(built, image, tmp_path / "serial.log")
+    print(f"boot past an unmountable last good release took {elapsed:.1f} s under TCG")
+    assert f"mounting {unmountable[0]} (last-good)" in serial, serial[-4000:]
+    assert f"last-good release {unmountable[0]} cannot be mounted" in serial
+    check_good_boot(built, serial, "previous-good")

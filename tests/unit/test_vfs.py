@@ -1,13 +1,10 @@
 """The filesystem view on repositories built in tmp_path: no FUSE here."""
 
 import os
-
 import stat
 
 import pygit2
 import pytest
-
-from tests.conftest import REPO_ROOT
 
 from gitroot.git import objects as go
 from gitroot.errors import ManifestError, RepositoryError, SourceError
@@ -113,6 +110,56 @@ def test_commit_refuses_the_reserved_name(tmp_path):
         import_directory(str(src), str(tmp_path / "r.git"), "main", "m")
 
 
+def _run_cli_as_nobody(argv, cwd):
+    """``gitroot ARGV`` as uid/gid 65534, in a forked child of this process.
+
+    A fresh interpreter would have to reach the checkout (and a virtualenv
+    inside it), which nobody cannot when it sits in a 0700 directory such as
+    /root; the forked child has everything the verb needs imported before it
+    drops root.  Returns (exit status, stdout, stderr).
+    """
+    import io
+    import logging
+    import sys
+
+    import pygit2
+
+    import gitroot.cli
+    import gitroot.cli.commit  # noqa: F401  (imported here, while root)
+
+    out_path, err_path = os.path.join(cwd, "stdout"), os.path.join(cwd, "stderr")
+    pid = os.fork()
+    if pid == 0:
+        status = 70
+        try:
+            os.chdir(cwd)
+            # isolated_git_config pointed libgit2 at pytest's 0700 tmp directory
+            for name in ("GIT_CONFIG_LEVEL_SYSTEM", "GIT_CONFIG_LEVEL_XDG",
+                         "GIT_CONFIG_LEVEL_GLOBAL"):
+                level = getattr(pygit2, name, None)
+                if level is None:
+                    level = getattr(pygit2.enums.ConfigLevel, name[len("GIT_CONFIG_LEVEL_"):])
+                pygit2.settings.search_path[level] = cwd
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.environ["HOME"] = cwd
+            sys.stdout = io.TextIOWrapper(open(out_path, "wb"), write_through=True)
+            sys.stderr = io.TextIOWrapper(open(err_path, "wb"), write_through=True)
+            logging.root.handlers.clear()       # pytest's; main() installs its own
+            status = gitroot.cli.main(argv)
+        except BaseException:                   # report it; never return into pytest
+            import traceback
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+    _, wait_status = os.waitpid(pid, 0)
+    with open(out_path) as out, open(err_path) as err:
+        return os.waitstatus_to_exitcode(wait_status), out.read(), err.read()
+
+
 @pytest.mark.parametrize("what,message", [
     ("file", "secret: cannot read: Permission denied"),
     ("dir", "private: cannot list directory: Permission denied"),
@@ -121,8 +168,6 @@ def test_commit_names_the_path_it_cannot_read(what, message):
     """Run as an unprivileged user (root reads everything), as a publisher
     who is not root would."""
     import shutil
-    import subprocess
-    import sys
     import tempfile
     if os.geteuid() != 0:
         pytest.skip("needs root to create files the unprivileged user cannot read")
@@ -140,20 +185,11 @@ def test_commit_names_the_path_it_cannot_read(what, message):
             os.chmod(os.path.join(src, "secret"), 0o600)
         else:
             os.mkdir(os.path.join(src, "private"), 0o700)
-
-        def drop():
-            os.setgid(65534)
-            os.setuid(65534)
-
-        root = REPO_ROOT
-        proc = subprocess.run(
-            [sys.executable, "-m", "gitroot", "commit", src, "--repo",
-             os.path.join(base, "r.git"), "--branch", "main"],
-            preexec_fn=drop, capture_output=True, text=True,
-            env=dict(os.environ, PYTHONPATH=root, HOME=base), cwd=base)
-        assert proc.returncode == SourceError.exit_code, proc.stderr
-        assert proc.stderr.strip().splitlines() == [f"gitroot: error: /{message}"]
-        assert proc.stdout == ""
+        status, stdout, stderr = _run_cli_as_nobody(
+            ["commit", src, "--repo", os.path.join(base, "r.git"), "--branch", "main"], base)
+        assert status == SourceError.exit_code, stderr
+        assert stderr.strip().splitlines() == [f"gitroot: error: /{message}"]
+        assert stdout == ""
     finally:
         shutil.rmtree(base)
 
@@ -356,3 +392,68 @@ def test_interleaved_reads_of_several_files(tmp_path):
                 got[name] += view.read_file(name, chunk, len(got[name]))
     assert got == contents
     assert not view._recent          # every file was read to its end
+
+
+def _hostile_dir(tmp_path, *lines):
+    repo = pygit2.init_repository(str(tmp_path / "evil.git"), bare=True)
+    good = craft.blob(repo, b"hello")
+    items = [(go.MODE_BLOB, b"f", good)]
+    root = craft.with_manifest(repo, items, craft.manifest(
+        b"dev\td\t755\t0\t0\t1.000000000\t-",
+        *lines,
+        b"f\tf\t644\t0\t0\t1.000000000\t5"))
+    return RootView(repo, craft.commit(repo, root))
+
+
+@pytest.mark.parametrize("rdev", [b"2147483648:0", b"4294967295:4294967295", b"4096:0",
+                                  b"0:1048576"])
+def test_device_number_beyond_linux_costs_only_its_entry(tmp_path, rdev):
+    """rdev=2147483648:0 is inside the manifest's range but made os.makedev
+    raise OverflowError, and the whole directory answered EIO."""
+    view = _hostile_dir(tmp_path, b"dev/evil\tc\t600\t0\t0\t1.000000000\t-\trdev=" + rdev,
+                        b"dev/null\tc\t666\t0\t0\t1.000000000\t-\trdev=1:3")
+    assert view.listdir(b"dev") == [b"evil", b"null"]
+    assert os.major(view.getattr(b"dev/null")["st_rdev"]) == 1
+    with pytest.raises(EntryError, match="beyond Linux"):
+        view.getattr(b"dev/evil")
+    assert view.read_file(b"f", 10, 0) == b"hello"
+
+
+def test_largest_linux_device_number_is_served(tmp_path):
+    view = _hostile_dir(tmp_path, b"dev/big\tb\t600\t0\t0\t1.000000000\t-\trdev=4095:1048575")
+    rdev = view.getattr(b"dev/big")["st_rdev"]
+    assert (os.major(rdev), os.minor(rdev)) == (4095, 1048575)
+
+
+def test_overlong_names_cost_only_their_entry(tmp_path):
+    """A name of over ~4 KiB made its directory unlistable through FUSE; no
+    name over NAME_MAX (255) is served, from the tree or the manifest."""
+    long_name = b"n" * 4100
+    view = _hostile_dir(tmp_path,
+                        b"dev/" + b"m" * 256 + b"\tp\t644\t0\t0\t1.000000000\t-",
+                        b"dev/" + b"k" * 255 + b"\tp\t644\t0\t0\t1.000000000\t-")
+    assert view.listdir(b"dev") == [b"k" * 255]
+    repo = view.repo
+    good = craft.blob(repo, b"hello")
+    root = craft.with_manifest(repo, [(go.MODE_BLOB, b"f", good),
+                                      (go.MODE_BLOB, long_name, good)],
+                               craft.manifest(b"f\tf\t644\t0\t0\t1.000000000\t5",
+                                              long_name + b"\tf\t644\t0\t0\t1.000000000\t5"))
+    view = RootView(repo, craft.commit(repo, root))
+    assert view.listdir(b".") == [b"f"]
+    assert view.read_file(b"f", 10, 0) == b"hello"
+
+
+@pytest.mark.parametrize("cap,value", [("MAX_ENTRIES", 3), ("MAX_MANIFEST_BYTES", 100)])
+def test_manifest_beyond_the_cap_is_refused_in_one_line(tmp_path, monkeypatch, cap, value):
+    """A 2-million-line manifest cost the daemon 2.1 GiB; beyond the
+    documented cap a commit is refused before its manifest is parsed."""
+    from gitroot.git import manifest as mf
+    repo = pygit2.init_repository(str(tmp_path / "big.git"), bare=True)
+    lines = [b"p%d\tp\t644\t0\t0\t1.000000000\t-" % i for i in range(4)]
+    commit = craft.commit(repo, craft.with_manifest(repo, [], craft.manifest(*lines)))
+    RootView(repo, commit)                   # within today's caps
+    monkeypatch.setattr(mf, cap, value)
+    with pytest.raises(ManifestError, match="more than the") as info:
+        RootView(repo, commit)
+    assert "\n" not in str(info.value)
