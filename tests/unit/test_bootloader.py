@@ -54,7 +54,7 @@ AGREE = [
 
 @pytest.mark.parametrize("state,pin,loader,commit,reason,after", AGREE)
 def test_boot_path_agrees_with_the_loader(state, pin, loader, commit, reason, after):
-    choice = choose_boot(state, pin, 0.0, loader)
+    choice = choose_boot(state, pin, 0.0, loader_commit=loader)
     assert (choice.commit, choice.reason, choice.state) == (commit, reason, after)
 
 
