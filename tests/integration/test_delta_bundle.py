@@ -83,7 +83,6 @@ def program(seed: int, size: int, rebuilt: bool = False) -> bytes:
 
 
 def write_v1(root: Path) -> None:
-    rng = random.Random(1)
     for sub in ("usr/bin", "usr/lib", "etc", "var/lib"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "usr/bin/tool").write_bytes(program(10, 300_000))
@@ -398,3 +397,24 @@ def test_a_bomb_behind_a_good_header_stops_at_the_declared_size(
     assert max(sizes) <= limit < ZEROS // 4
     assert (refs(device), objects(device)) == before
     assert not [p for p in (tmp_path / "dl").iterdir() if not p.name.endswith(".xz")]
+
+
+def test_a_device_without_the_base_commit_writes_nothing(two_releases, tmp_path):
+    """Handed a v1..v2 delta bundle while lacking v1 (install_bundle, the step
+    after the download): refused before anything is unpacked or stored."""
+    from gitroot.device.static import install_bundle
+    from gitroot.git.bundle import DELTA_FORMAT, BundleEntry
+
+    source, v1, v2 = two_releases
+    path = tmp_path / "v1-v2.delta.xz"
+    gitroot_cmd("bundle", "--repo", source, "--from", v1, "--to", v2, "--branch", BRANCH,
+                "--delta", "-o", path)
+    device = tmp_path / "empty.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(device)], check=True)
+    entry = BundleEntry(BRANCH, v1, v2, path.name, path.stat().st_size, "0" * 64,
+                        None, DELTA_FORMAT)
+    with pytest.raises(FetchError, match="which this device does not have; nothing was"):
+        install_bundle(str(device), str(path), entry)
+    assert objects(device) == set() and refs(device) == {}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("v1-v2")) == [
+        path.name]                                       # nothing unpacked beside it
