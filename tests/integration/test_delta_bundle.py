@@ -219,7 +219,11 @@ def test_publish_offers_both_formats_and_new_devices_take_the_smaller(
     gitroot_cmd("bundle", "--repo", source, "--from", v1, "--to", BRANCH, "--delta",
                 "--publish", root)
     index = json.loads((root / "index.json").read_text())
+    # what devices older than delta bundles read is unchanged: the format
+    # name, and under "bundles" only git bundles
+    assert index["format"] == "gitroot-bundles/1"
     (git_entry,), (delta_entry,) = index["bundles"], index["delta-bundles"]
+    assert unpack(root / git_entry["file"]).startswith(b"# v2 git bundle\n")
     assert delta_entry["size"] < git_entry["size"]
     assert git_entry["unpacked"] == len(unpack(root / git_entry["file"]))
     device = device_with(tmp_path / "device.git", source, v1)
@@ -227,6 +231,14 @@ def test_publish_offers_both_formats_and_new_devices_take_the_smaller(
     assert fetch_static(static_http_server.url, str(device), BRANCH, [v1],
                         str(tmp_path / "dl"), progress=seen.append) == v2
     assert {p.file for p in seen if p.phase == "download"} == {delta_entry["file"]}
+
+
+def test_delta_needs_from(two_releases, tmp_path):
+    source, v1, v2 = two_releases
+    proc = gitroot_cmd("bundle", "--repo", source, "--to", v2, "--branch", BRANCH, "--delta",
+                       "-o", tmp_path / "x.delta.xz", check=False)
+    assert proc.returncode == 2 and "--delta needs --from" in proc.stderr
+    assert not (tmp_path / "x.delta.xz").exists()
 
 
 # -- refusals ----------------------------------------------------------------
