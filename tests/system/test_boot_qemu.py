@@ -383,7 +383,8 @@ def test_unmountable_trial_falls_back_within_the_boot(built, tmp_path):
     """A trial that cannot even be mounted (here: its commit is not in the
     repository) costs no reboot: the boot script uses up its tries and
     boot-select hands it the last good release."""
-    from gitroot.boot.state import StateStore, schedule_trial
+    from gitroot.boot.state import StateStore
+    from gitroot.boot.transitions import schedule_trial
 
     missing = "0123456789abcdef0123456789abcdef01234567"
     image_dir = tmp_path / "disk"
@@ -395,7 +396,7 @@ def test_unmountable_trial_falls_back_within_the_boot(built, tmp_path):
     _device(medium, "pin", built["good"], "--tries", "1", run_dir=run_dir)
     _device(medium, "mark-good", "--booted", built["good"], run_dir=run_dir)
     store = StateStore(str(medium / "gitroot" / "state"))
-    store.save(schedule_trial(store.load(), missing, 2, hold=True), "pin", "test", missing,
+    store.save(schedule_trial(store.load(), missing, 2, hold=True, now=time.time()), "pin", "test", missing,
                "a trial whose commit is missing")
     image = _make_image(medium, image_dir)
 
