@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 from urllib.parse import quote, urljoin, urlsplit
 
+from gitroot.device.deadline import Deadline, enforced
 from gitroot.errors import FetchError
 from gitroot.git.bundle import (BUNDLE_SUFFIX, CHUNK, HEX40, INDEX_NAME, MAX_HEADER_BYTES,
                                 MAX_INDEX_BYTES, XZ_MAGIC, BundleEntry, choose_chain,
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 INCOMING = "refs/gitroot/incoming/"
 MAX_BUNDLE_BYTES = 16 << 30
 MAX_UNPACKED_BYTES = 64 << 30
+INDEX_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ def fetch_static(base_url: str, repo: Union["pygit2.Repository", str, "os.PathLi
                  have: Sequence[str], workdir: str,
                  progress: Optional[ProgressCallback] = None, *,
                  timeout: float = 30.0,
+                 deadline: Optional[Deadline] = None,
                  session: Optional["requests.Session"] = None,
                  max_index_bytes: int = MAX_INDEX_BYTES,
                  max_bundle_bytes: int = MAX_BUNDLE_BYTES,
@@ -78,7 +81,9 @@ def fetch_static(base_url: str, repo: Union["pygit2.Repository", str, "os.PathLi
     cheapest bundle chain starts from one of them; those missing from the
     repository are ignored).  Downloads go to *workdir* as
     ``SHA256.bundle.xz.part`` and resume where an interrupted call stopped;
-    they are deleted once fetched.
+    they are deleted once fetched.  The index must arrive within
+    :data:`INDEX_SECONDS` and before *deadline* (the whole fetch's, which the
+    caller enforces around this call), whatever pace the server keeps.
 
     Returns the head commit id, which ``refs/gitroot/incoming/BRANCH`` then
     names.  No other ref changes, ever; on any error that ref is left as it
@@ -108,8 +113,12 @@ def fetch_static(base_url: str, repo: Union["pygit2.Repository", str, "os.PathLi
         http.headers["User-Agent"] = f"gitroot/{__version__}"
     try:
         _report(progress, "index", 0, 0, INDEX_NAME, 0, 0)
-        index = parse_index(_download_small(http, index_url, max_index_bytes, timeout),
-                            index_url)
+        # The index is small: a server still sending it after INDEX_SECONDS
+        # is stalling (1 byte every 2 s would take weeks for 4 MiB).
+        overall = deadline if deadline is not None else Deadline(INDEX_SECONDS, index_url)
+        with enforced(overall.within(INDEX_SECONDS, index_url), FetchError):
+            raw_index = _download_small(http, index_url, max_index_bytes, timeout)
+        index = parse_index(raw_index, index_url)
         present = [c for c in dict.fromkeys(have) if HEX40.fullmatch(c or "")
                    and _has_commit(repo_path, c)]
         head = index.heads.get(branch)

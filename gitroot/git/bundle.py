@@ -142,6 +142,9 @@ def parse_index(text: Union[str, bytes], source: str = INDEX_NAME) -> StaticInde
         doc = json.loads(text)
     except (ValueError, UnicodeDecodeError) as err:
         raise bad(f"not JSON ({err})") from None
+    except RecursionError:
+        # 200,000 '[' exhaust the parser's stack: one line, like any bad index
+        raise bad("nested too deeply") from None
     if not isinstance(doc, dict):
         raise bad("not a JSON object")
     if doc.get("format") != INDEX_FORMAT:
