@@ -46,14 +46,17 @@ PY_START = ("python3 -c 'import json, email.parser, http.client, asyncio, argpar
             "logging, decimal'")
 SH_START = "/bin/sh -c 'read -r x < /etc/hostname'"
 
-#: (figure, what it is compared with, limit) -- the targets of issue 3
+#: (figure, what it is compared with, limit) -- the targets of issue 11,
+#: judged for the "gitroot" column (what the mount picks)
 TARGETS = (
-    ("start_warm", "native", 1.3),
-    ("walk_cold", "squashfs", 5.0),
-    ("read_cold", "squashfs", 2.0),
-    ("read_warm", "squashfs", 2.0),
-    ("mount_first_stat", None, 0.5),          # seconds
-    ("daemon_private_mb", None, 40.0),        # MB
+    ("walk_cold", "squashfs", 2.0),
+    ("walk_warm", "squashfs", 1.5),
+    ("read_cold", "squashfs", 1.5),
+    ("read_warm", "squashfs", 1.1),
+    ("start_cold", "squashfs", 1.5),
+    ("start_warm", "native", 1.1),
+    ("mount_first_stat", None, 0.2),          # seconds
+    ("daemon_private_mb", None, 30.0),        # MB
 )
 
 FIGURES = (
@@ -174,25 +177,48 @@ def make_scale_tree(dest: str, entries: int) -> str:
 
 # -- the three systems ---------------------------------------------------------
 
+#: gitroot variants the comparison can run side by side (--variants):
+#: name -> (environment, read-ahead in KiB to force after mounting or None)
+LEVERS = ("readdirplus", "cache_readdir", "cache_symlinks", "plus_always")
+VARIANTS = {
+    "gitroot": ({}, None),                                  # what the mount picks
+    "libfuse3": ({"GITROOT_FUSE": "libfuse3"}, None),
+    "libfuse2": ({"GITROOT_FUSE": "libfuse2"}, None),
+    "no-readahead": ({"GITROOT_FUSE": "libfuse3"}, 128),    # the kernel's default
+    "no-levers": ({"GITROOT_FUSE": "libfuse3", "GITROOT_FUSE3_OFF": ",".join(LEVERS)}, 128),
+    "before": ({}, None),                                    # code from --before
+}
+for _lever in LEVERS:
+    VARIANTS["no-" + _lever] = ({"GITROOT_FUSE": "libfuse3", "GITROOT_FUSE3_OFF": _lever},
+                                None)
+
+
 class Gitroot:
     """``gitroot mount`` of one commit, remounted on demand."""
 
-    def __init__(self, python: str, repo: str, rev: str, mountpoint: str, probe: str):
+    def __init__(self, python: str, repo: str, rev: str, mountpoint: str, probe: str,
+                 variant: str = "gitroot", code: str = REPO_ROOT):
         self.python = python
         self.repo = repo
         self.rev = rev
         self.mountpoint = mountpoint
         self.probe = probe          # a file path inside the tree, stat'ed after mounting
         self.pid = None
-        self.env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+        extra, self.readahead_kb = VARIANTS[variant]
+        self.code = code            # run from there: "python -m" puts the cwd first
+        self.env = dict(os.environ, PYTHONPATH=code, **extra)
+        self.backend = None         # from the mount's record (None: code without one)
 
     def mount(self) -> float:
         """Mount; seconds from starting ``gitroot mount`` to a successful stat."""
         pid_file = self.mountpoint + ".pid"
         target = os.path.join(self.mountpoint, self.probe)
+        record = self.mountpoint + ".json"
         start = time.perf_counter()
         run([self.python, "-m", "gitroot", "mount", "--repo", self.repo, self.rev,
-             self.mountpoint, "--pid-file", pid_file], env=self.env)
+             self.mountpoint, "--pid-file", pid_file]
+            + (["--record", record] if self.supports_record() else []), env=self.env,
+            cwd=self.code)
         while True:
             try:
                 os.stat(target)
@@ -204,7 +230,31 @@ class Gitroot:
         elapsed = time.perf_counter() - start
         with open(pid_file) as f:
             self.pid = int(f.read())
+        if os.path.exists(record):
+            import json
+            with open(record) as f:
+                self.backend = json.load(f).get("backend")
+        if self.readahead_kb is not None:
+            dev = os.stat(self.mountpoint).st_dev
+            with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb",
+                      "w") as f:
+                f.write(f"{self.readahead_kb}\n")
         return elapsed
+
+    def supports_record(self) -> bool:
+        if not hasattr(self, "_record"):
+            proc = subprocess.run([self.python, "-m", "gitroot", "mount", "--help"],
+                                  env=self.env, capture_output=True, text=True, cwd=self.code)
+            self._record = "--record" in proc.stdout
+        return self._record
+
+    def peak_rss_mb(self) -> float:
+        """The daemon's peak resident set so far (VmHWM)."""
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmHWM")
 
     def unmount(self) -> None:
         if is_mounted(self.mountpoint):
@@ -275,7 +325,7 @@ def measure_round(systems: dict, start_cmd: str, warm_starts: int, results: dict
     for key, template in workloads:
         for name, system in systems.items():
             fresh = system.fresh()
-            if name == "gitroot":
+            if isinstance(system, Gitroot):
                 results[name].setdefault("mount_first_stat_cold", []).append(fresh)
             cmd = template.format(m=system.mountpoint)
             cold, out = timed_shell(cmd)
@@ -283,7 +333,7 @@ def measure_round(systems: dict, start_cmd: str, warm_starts: int, results: dict
             results[name].setdefault(key + "_cold", []).append(cold)
             results[name].setdefault(key + "_warm", []).append(warm)
             counts.setdefault(key, {})[name] = int(out2)
-            if key == "read" and name == "gitroot":
+            if key == "read" and isinstance(system, Gitroot):
                 results[name].setdefault("daemon_private_mb", []).append(
                     private_dirty_kb(system.pid) / 1024)
     for name, system in systems.items():
@@ -294,11 +344,12 @@ def measure_round(systems: dict, start_cmd: str, warm_starts: int, results: dict
         for _ in range(warm_starts):
             warm, _ = timed_shell(cmd)
             results[name].setdefault("start_warm", []).append(warm)
-    gitroot = systems["gitroot"]
-    gitroot.unmount()
-    results["gitroot"].setdefault("mount_first_stat", []).append(gitroot.mount())
-    results["gitroot"].setdefault("daemon_private_mb_idle", []).append(
-        private_dirty_kb(gitroot.pid) / 1024)
+    for name, system in systems.items():
+        if isinstance(system, Gitroot):
+            system.unmount()
+            results[name].setdefault("mount_first_stat", []).append(system.mount())
+            results[name].setdefault("daemon_private_mb_idle", []).append(
+                private_dirty_kb(system.pid) / 1024)
 
 
 def median(values):
@@ -343,18 +394,23 @@ def ratio(a, b) -> str:
 
 
 def print_table(med: dict, targets: list, counts: dict, reps: int, out=sys.stdout) -> None:
-    n, s, g = med["native"], med["squashfs"], med["gitroot"]
-    rows = [("figure", "native", "squashfs", "gitroot", "g/squashfs", "g/native")]
+    """Figures per system, then each gitroot variant's ratio to squashfs (and
+    for warm program start, to native)."""
+    names = list(med)
+    variants = [n for n in names if n not in ("native", "squashfs")]
+    rows = [("figure", *names, *(f"{v}/sq" for v in variants))]
     for key, label, unit in FIGURES:
-        rows.append((label, fmt(n.get(key)), fmt(s.get(key)), fmt(g.get(key)),
-                     ratio(g.get(key), s.get(key)), ratio(g.get(key), n.get(key))))
-    rows.append(("mount to first stat, warm", "", "", fmt(g.get("mount_first_stat")), "", ""))
-    rows.append(("mount to first stat, cold", "", "", fmt(g.get("mount_first_stat_cold")),
-                 "", ""))
-    rows.append(("daemon Private_Dirty, mounted", "", "",
-                 fmt(g.get("daemon_private_mb_idle"), "MB"), "", ""))
-    rows.append(("daemon Private_Dirty, after full read", "", "",
-                 fmt(g.get("daemon_private_mb"), "MB"), "", ""))
+        base = med["native" if key == "start_warm" else "squashfs"].get(key)
+        rows.append((label + (" (/native)" if key == "start_warm" else ""),
+                     *(fmt(med[n].get(key)) for n in names),
+                     *(ratio(med[v].get(key), base) for v in variants)))
+    for key, label, unit in (("mount_first_stat", "mount to first stat, warm", "s"),
+                             ("mount_first_stat_cold", "mount to first stat, cold", "s"),
+                             ("daemon_private_mb_idle", "daemon Private_Dirty, mounted", "MB"),
+                             ("daemon_private_mb", "daemon Private_Dirty, after full read",
+                              "MB")):
+        rows.append((label, *("" if n in ("native", "squashfs") else fmt(med[n].get(key), unit)
+                              for n in names), *("" for _ in variants)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print(f"medians of {reps} repetition(s); program start warm: median of all warm runs",
           file=out)
@@ -366,7 +422,7 @@ def print_table(med: dict, targets: list, counts: dict, reps: int, out=sys.stdou
     for key, per_system in counts.items():
         print(f"{key} output: " + ", ".join(f"{k} {v}" for k, v in per_system.items()),
               file=out)
-    print("targets:", file=out)
+    print("targets (the gitroot column):", file=out)
     for t in targets:
         print(f"  {'MET ' if t['met'] else 'MISS'} {t['text']}", file=out)
 
@@ -392,35 +448,56 @@ def pick_probe(source: str) -> str:
     raise RuntimeError("the source tree has no files")
 
 
-def compare_mode(args, work: str) -> dict:
+def gitroot_systems(args, work: str, repo: str, rev: str, probe: str,
+                    variants=None, prefix: str = "") -> dict:
+    """One Gitroot per variant (VARIANTS), each with its own mount point."""
+    out = {}
+    for variant in variants or args.variants:
+        name = prefix + variant if prefix else variant
+        mountpoint = os.path.join(work, "mnt-" + name)
+        os.makedirs(mountpoint)
+        code = args.before if variant == "before" else REPO_ROOT
+        out[name] = Gitroot(args.python, repo, rev, mountpoint, probe, variant, code)
+    return out
+
+
+def source_tree(args, work: str) -> tuple:
+    """(source, program start command, description) for --quick or the Debian root."""
     if args.quick:
         source = make_quick_tree(os.path.join(work, "tree"))
-        start_cmd = SH_START
-        what = "generated tree (a few hundred files and /bin/sh)"
-    else:
-        from tests.rootfs import debian_minbase
-        log("building or reusing the Debian bookworm minbase root with python3 ...")
-        source = debian_minbase("bookworm", include="python3")
-        start_cmd = PY_START
-        what = f"debootstrap --variant=minbase --include=python3 bookworm ({source})"
+        return source, SH_START, "generated tree (a few hundred files and /bin/sh)"
+    from tests.rootfs import debian_minbase
+    log("building or reusing the Debian bookworm minbase root with python3 ...")
+    source = debian_minbase("bookworm", include="python3")
+    return (source, PY_START,
+            f"debootstrap --variant=minbase --include=python3 bookworm ({source})")
+
+
+def compare_mode(args, work: str) -> dict:
+    source, start_cmd, what = source_tree(args, work)
     repo = os.path.join(work, "repo.git")
-    log("gitroot commit ...")
-    rev, commit_s = gitroot_commit(args.python, source, repo)
+    description = ""
+    if args.device:
+        source, gitroots, description = device_mode(args, work, source)
+        rev = "stable"
+    else:
+        log("gitroot commit ...")
+        rev, commit_s = gitroot_commit(args.python, source, repo)
+        description = f"commit {rev[:12]} in {commit_s:.1f} s; repository {du(repo) / 1e6:.1f} MB"
+        gitroots = gitroot_systems(args, work, repo, rev, pick_probe(source))
     image = os.path.join(work, "root.squashfs")
     log("mksquashfs -comp zstd ...")
     start = time.perf_counter()
     run(["mksquashfs", source, image, "-comp", "zstd", "-noappend", "-quiet", "-no-progress"],
         stdout=subprocess.DEVNULL)
     squash_s = time.perf_counter() - start
-    mnt = {name: os.path.join(work, "mnt-" + name) for name in ("squashfs", "gitroot")}
-    for path in mnt.values():
-        os.makedirs(path)
+    os.makedirs(os.path.join(work, "mnt-squashfs"))
     systems = {
         "native": Native(source),
-        "squashfs": Squashfs(image, mnt["squashfs"]),
-        "gitroot": Gitroot(args.python, repo, rev, mnt["gitroot"], pick_probe(source)),
+        "squashfs": Squashfs(image, os.path.join(work, "mnt-squashfs")),
+        **gitroots,
     }
-    results = {name: {} for name in SYSTEMS}
+    results = {name: {} for name in systems}
     counts: dict = {}
     try:
         for rep in range(args.reps):
@@ -430,23 +507,28 @@ def compare_mode(args, work: str) -> dict:
         for system in systems.values():
             system.unmount()
     med = summarize(results)
-    targets = check_targets(med)
+    targets = check_targets(med) if "gitroot" in med else []
     print(f"tree: {what}")
     print(f"gitroot: {args.python} (pygit2 {lib_version(args.python, 'pygit2')}, "
-          f"fusepy {lib_version(args.python, 'fusepy')}); commit {rev[:12]} "
-          f"in {commit_s:.1f} s; repository {du(repo) / 1e6:.1f} MB; squashfs image "
+          f"mfusepy {lib_version(args.python, 'mfusepy')}, "
+          f"fusepy {lib_version(args.python, 'fusepy')}); {description}; squashfs image "
           f"{os.path.getsize(image) / 1e6:.1f} MB in {squash_s:.1f} s")
+    print("back ends: " + ", ".join(f"{n} {g.backend or '(no record: fusepy)'}"
+                                   for n, g in gitroots.items()))
     print_table(med, targets, counts, args.reps)
     return {
-        "mode": "quick" if args.quick else "full",
+        "mode": ("device-" if args.device else "") + ("quick" if args.quick else "full"),
         "tree": what,
         "python": args.python,
         "pygit2": lib_version(args.python, "pygit2"),
+        "mfusepy": lib_version(args.python, "mfusepy"),
         "fusepy": lib_version(args.python, "fusepy"),
         "kernel": platform.release(),
         "repetitions": args.reps,
-        "commit_seconds": commit_s,
-        "repository_bytes": du(repo),
+        "variants": {n: {"backend": g.backend, "env": {k: v for k, v in g.env.items()
+                                                      if k.startswith("GITROOT_")}}
+                     for n, g in gitroots.items()},
+        "description": description,
         "squashfs_bytes": os.path.getsize(image),
         "entries": counts.get("walk"),
         "tar_bytes": counts.get("read"),
@@ -454,6 +536,128 @@ def compare_mode(args, work: str) -> dict:
         "medians": med,
         "targets": targets,
     }
+
+
+# -- a device's own repository ----------------------------------------------------
+
+RELEASES = 5
+
+
+def next_release(previous: str, dest: str, n: int) -> str:
+    """A copy of *previous* as a new release: every 20th regular file gets a
+    line more, every 97th is removed, and a few new files appear (an
+    upgrade's shape: most of the tree unchanged)."""
+    run(["cp", "-a", previous, dest])
+    i = 0
+    for dirpath, dirnames, files in os.walk(dest):
+        dirnames.sort()
+        for name in sorted(files):
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path) or not os.path.isfile(path):
+                continue
+            i += 1
+            if i % 97 == 0 and "bin" not in dirpath and "lib" not in dirpath:
+                os.unlink(path)
+            elif i % 20 == 0 and os.access(path, os.W_OK):
+                with open(path, "ab") as f:
+                    f.write(b"\n# release %d\n" % n)
+    extra = os.path.join(dest, "usr/share/gitroot-bench")
+    os.makedirs(extra, exist_ok=True)
+    for k in range(20):
+        with open(os.path.join(extra, f"r{n}-{k}"), "wb") as f:
+            f.write((b"release %d file %d\n" % (n, k)) * (50 * (k + 1)))
+    return dest
+
+
+def device_mode(args, work: str, first: str) -> tuple:
+    """Five signed releases, fetched release after release by two devices
+    (git smart HTTP and static bundles) the way `gitroot fetch` does; the
+    last release mounted from the publisher's repository and each device's."""
+    sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
+    from servers import Lighttpd
+    import json
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    keys = os.path.join(work, "keys")
+    os.makedirs(keys)
+    key = os.path.join(keys, "release")
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "release", "-f", key])
+    with open(key + ".pub") as f:
+        pub = f.read().split()
+    allowed = os.path.join(keys, "allowed_signers")
+    with open(allowed, "w") as f:
+        f.write(f"release@example.org {pub[0]} {pub[1]}\n")
+    git_server = Lighttpd(os.path.join(work, "git-http"), git=True).start()
+    static_server = Lighttpd(os.path.join(work, "static-http"), git=False).start()
+    publisher = str(git_server.repos_dir / "os.git")
+    devices = {"device-http": git_server.repo_url("os.git"),
+               "device-bundle": static_server.url + "/"}
+    configs = {}
+    for name, url in devices.items():
+        base = os.path.join(work, name)
+        os.makedirs(os.path.join(base, "boot"))
+        configs[name] = os.path.join(base, "gitroot.yml")
+        with open(configs[name], "w") as f:
+            json.dump({"remotes": [url], "branch": "stable",
+                       "repository": os.path.join(base, "repo.git"),
+                       "state_dir": os.path.join(base, "state"),
+                       "boot_dir": os.path.join(base, "boot"),
+                       "trusted_keys": {"allowed_signers": allowed},
+                       "signature_policy": "strict", "tries": 2}, f)
+    device_env = dict(env, GITROOT_CMDLINE="root=/dev/vda ro", GITROOT_RUN_DIR=work + "/run")
+    fetch_s = {name: [] for name in devices}
+    previous_commit = None
+    source = first
+    try:
+        for n in range(1, RELEASES + 1):
+            if n > 1:
+                source = next_release(source, os.path.join(work, f"release{n}"), n)
+            log(f"release {n}: commit, bundle, fetch by both devices ...")
+            commit = run([args.python, "-m", "gitroot", "commit", source, "--repo", publisher,
+                          "--branch", "stable", "--sign-key", key, "-m", f"release {n}"],
+                         env=env, capture_output=True, text=True).stdout.split()[-1]
+            bundle = [args.python, "-m", "gitroot", "bundle", "--repo", publisher, "--to",
+                      commit, "--branch", "stable", "--publish",
+                      str(static_server.document_root)]
+            if previous_commit:
+                bundle += ["--from", previous_commit]
+            run(bundle, env=env, capture_output=True)
+            for name in devices:
+                started = time.perf_counter()
+                proc = run([args.python, "-m", "gitroot", "fetch", "--config", configs[name]],
+                           env=device_env, capture_output=True, text=True, check=False)
+                fetch_s[name].append(time.perf_counter() - started)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{name}: gitroot fetch of release {n} failed: "
+                                       f"{proc.stderr.strip()}")
+            previous_commit = commit
+    finally:
+        git_server.stop()
+        static_server.stop()
+    probe = pick_probe(source)
+    gitroots = gitroot_systems(args, work, publisher, commit, probe, ["gitroot"],
+                               prefix="")
+    gitroots = {"publisher": gitroots["gitroot"]}
+    shape = {"publisher": repo_shape(publisher)}
+    for name in devices:
+        repo = os.path.join(work, name, "repo.git")
+        shape[name] = repo_shape(repo)
+        mountpoint = os.path.join(work, "mnt-" + name)
+        os.makedirs(mountpoint)
+        gitroots[name] = Gitroot(args.python, repo, commit, mountpoint, probe)
+    description = (f"{RELEASES} releases, last {commit[:12]}; fetch seconds per release: "
+                   + "; ".join(f"{n} " + " ".join(f"{t:.1f}" for t in ts)
+                               for n, ts in fetch_s.items())
+                   + "; repositories: " + "; ".join(f"{n} {v}" for n, v in shape.items()))
+    return source, gitroots, description
+
+
+def repo_shape(repo: str) -> str:
+    """Packs, loose objects and size of a repository, for the report."""
+    objects = os.path.join(repo, "objects")
+    packs = [n for n in os.listdir(os.path.join(objects, "pack")) if n.endswith(".pack")]
+    loose = sum(len(os.listdir(os.path.join(objects, d))) for d in os.listdir(objects)
+                if len(d) == 2)
+    return f"{len(packs)} packs, {loose} loose, {du(repo) / 1e6:.0f} MB"
 
 
 def scale_mode(args, work: str) -> dict:
@@ -465,44 +669,135 @@ def scale_mode(args, work: str) -> dict:
         source = make_scale_tree(os.path.join(work, f"tree{size}"), size)
         repo = os.path.join(work, f"repo{size}.git")
         rev, commit_s = gitroot_commit(args.python, source, repo)
-        mnt = os.path.join(work, f"mnt{size}")
-        os.makedirs(mnt)
-        g = Gitroot(args.python, repo, rev, mnt, pick_probe(source))
-        figs: dict = {}
+        out["sizes"][size] = {"commit_seconds": commit_s, "variants": {}}
+        gitroots = gitroot_systems(args, work, repo, rev, pick_probe(source),
+                                   prefix=f"{size}-")
+        figs: dict = {name: {} for name in gitroots}
         try:
             for _ in range(args.reps):
-                figs.setdefault("mount_first_stat_cold", []).append(g.fresh())
-                figs.setdefault("private_mb_mounted", []).append(private_dirty_kb(g.pid) / 1024)
-                walk, count = timed_shell(f"find {mnt} | wc -l")
-                figs.setdefault("walk_cold", []).append(walk)
-                figs.setdefault("private_mb_after_walk", []).append(
-                    private_dirty_kb(g.pid) / 1024)
-                g.unmount()
-                figs.setdefault("mount_first_stat", []).append(g.mount())
-                g.unmount()
+                for name, g in gitroots.items():     # interleaved
+                    f = figs[name]
+                    f.setdefault("mount_first_stat_cold", []).append(g.fresh())
+                    f.setdefault("private_mb_mounted", []).append(private_dirty_kb(g.pid) / 1024)
+                    walk, count = timed_shell(f"find {g.mountpoint} | wc -l")
+                    f.setdefault("walk_cold", []).append(walk)
+                    f.setdefault("private_mb_after_walk", []).append(
+                        private_dirty_kb(g.pid) / 1024)
+                    f.setdefault("peak_rss_mb_after_walk", []).append(g.peak_rss_mb())
+                    g.unmount()
+                    f.setdefault("mount_first_stat", []).append(g.mount())
+                    g.unmount()
         finally:
-            g.unmount()
-        med = {k: median(v) for k, v in figs.items()}
-        out["sizes"][size] = {"entries": int(count), "commit_seconds": commit_s, "raw": figs,
-                              "medians": med}
-        rows.append((size, int(count), med))
+            for g in gitroots.values():
+                g.unmount()
+        for name, g in gitroots.items():
+            med = {k: median(v) for k, v in figs[name].items()}
+            out["sizes"][size]["variants"][name] = {"entries": int(count), "raw": figs[name],
+                                                    "medians": med, "backend": g.backend}
+            rows.append((name, int(count), med))
     print(f"scale check, gitroot under {args.python}; medians of {args.reps} repetition(s)")
-    header = ("entries", "mount->stat warm", "mount->stat cold", "walk cold",
-              "Private_Dirty mounted", "Private_Dirty after walk")
+    header = ("variant", "entries", "mount->stat warm", "mount->stat cold", "walk cold",
+              "Private_Dirty mounted", "Private_Dirty after walk", "peak RSS after walk")
     table = [header]
-    for _, count, med in rows:
-        table.append((str(count), fmt(med["mount_first_stat"]),
+    for name, count, med in rows:
+        table.append((name, str(count), fmt(med["mount_first_stat"]),
                       fmt(med["mount_first_stat_cold"]), fmt(med["walk_cold"]),
                       fmt(med["private_mb_mounted"], "MB"),
-                      fmt(med["private_mb_after_walk"], "MB")))
-    (_, c1, m1), (_, c2, m2) = rows
-    table.append((f"ratio x{c2 / c1:.1f}",) + tuple(
-        ratio(m2[k], m1[k]) for k in ("mount_first_stat", "mount_first_stat_cold",
-                                      "walk_cold", "private_mb_mounted",
-                                      "private_mb_after_walk")))
+                      fmt(med["private_mb_after_walk"], "MB"),
+                      fmt(med["peak_rss_mb_after_walk"], "MB")))
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for i, row in enumerate(table):
         print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    print("targets at 100,000 entries: mount to first stat <= 0.5 s, "
+          "Private_Dirty after a full walk <= 80 MB")
+    return out
+
+
+BIG_FILE = 1 << 30
+
+
+def make_big_file(path: str, size: int = BIG_FILE) -> str:
+    """*size* bytes of text-like data (zlib makes about a third of it)."""
+    import random
+    rng = random.Random(1)
+    words = [bytes(rng.choice(b"abcdefghijklmnop ") for _ in range(rng.randint(2, 9)))
+             for _ in range(4096)]
+    block = b"".join(rng.choice(words) for _ in range(200_000))[:1 << 20]
+    with open(path, "wb") as f:
+        for i in range(size // len(block)):
+            f.write(b"%08d" % i + block[8:])
+    return path
+
+
+def memory_mode(args, work: str) -> dict:
+    """Peak daemon memory (VmHWM) reading a 1 GiB file and mounting and
+    walking a 100,000-entry tree, for each variant (e.g. before/after)."""
+    log("memory: a 1 GiB file and a 100,000-entry tree, committed ...")
+    big_tree = os.path.join(work, "big")
+    os.makedirs(big_tree)
+    make_big_file(os.path.join(big_tree, "big.bin"))
+    big_repo = os.path.join(work, "big.git")
+    big_rev, _ = gitroot_commit(args.python, big_tree, big_repo)
+    scale_tree = make_scale_tree(os.path.join(work, "tree100000"), 100_000)
+    scale_repo = os.path.join(work, "scale.git")
+    scale_rev, _ = gitroot_commit(args.python, scale_tree, scale_repo)
+    expected = run(["sha256sum", os.path.join(big_tree, "big.bin")], capture_output=True,
+                   text=True).stdout.split()[0]
+    out = {"mode": "memory", "python": args.python, "variants": {}}
+    for variant in args.variants:
+        code = args.before if variant == "before" else REPO_ROOT
+        figs = {}
+        g = Gitroot(args.python, big_repo, big_rev, os.path.join(work, "mnt-big-" + variant),
+                    "big.bin", variant, code)
+        os.makedirs(g.mountpoint)
+        try:
+            g.fresh()
+            figs["big_mounted_rss_mb"] = g.peak_rss_mb()
+            seconds, digest = timed_shell(f"sha256sum {g.mountpoint}/big.bin")
+            figs["big_read_seconds"] = seconds
+            figs["big_read_correct"] = digest.split()[0] == expected
+            figs["big_peak_rss_mb"] = g.peak_rss_mb()
+            figs["big_private_mb_after"] = private_dirty_kb(g.pid) / 1024
+        finally:
+            g.unmount()
+        g = Gitroot(args.python, scale_repo, scale_rev,
+                    os.path.join(work, "mnt-scale-" + variant), pick_probe(scale_tree),
+                    variant, code)
+        os.makedirs(g.mountpoint)
+        try:
+            g.fresh()
+            figs["scale_mounted_peak_rss_mb"] = g.peak_rss_mb()
+            _, count = timed_shell(f"find {g.mountpoint} | wc -l")
+            figs["scale_entries"] = int(count)
+            figs["scale_walked_peak_rss_mb"] = g.peak_rss_mb()
+            figs["scale_private_mb_after_walk"] = private_dirty_kb(g.pid) / 1024
+        finally:
+            g.unmount()
+        figs["backend"] = g.backend
+        out["variants"][variant] = figs
+    print(f"daemon memory, gitroot under {args.python} (VmHWM = peak resident set)")
+    labels = (("big_mounted_rss_mb", "1 GiB file: peak RSS, mounted", "MB"),
+              ("big_peak_rss_mb", "1 GiB file: peak RSS after sha256sum of it", "MB"),
+              ("big_private_mb_after", "1 GiB file: Private_Dirty after", "MB"),
+              ("big_read_seconds", "1 GiB file: sha256sum through the mount", "s"),
+              ("scale_mounted_peak_rss_mb", "100,000 entries: peak RSS, mounted", "MB"),
+              ("scale_walked_peak_rss_mb", "100,000 entries: peak RSS after find", "MB"),
+              ("scale_private_mb_after_walk", "100,000 entries: Private_Dirty after find",
+               "MB"))
+    names = list(out["variants"])
+    table = [("figure", *names)]
+    for key, label, unit in labels:
+        table.append((label, *(fmt(out["variants"][n][key], unit) for n in names)))
+    table.append(("content read back correctly",
+                  *(str(out["variants"][n]["big_read_correct"]) for n in names)))
+    table.append(("back end", *(str(out["variants"][n]["backend"] or "(no record)")
+                                for n in names)))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for i, row in enumerate(table):
+        print("  ".join(c.ljust(w) if j == 0 else c.rjust(w)
+                        for j, (c, w) in enumerate(zip(row, widths))))
         if i == 0:
             print("  ".join("-" * w for w in widths))
     return out
@@ -538,6 +833,21 @@ def main(argv=None) -> int:
                       help="a generated tree of a few hundred files, no debootstrap")
     mode.add_argument("--scale", action="store_true",
                       help="mount time and memory at ~10,000 and ~100,000 entries")
+    mode.add_argument("--memory", action="store_true",
+                      help="peak daemon memory: reading a 1 GiB file, mounting and "
+                           "walking 100,000 entries (with --before: side by side)")
+    parser.add_argument("--device", action="store_true",
+                        help="mount the last of five releases fetched by git smart HTTP "
+                             "and by static bundles, beside the publisher's repository")
+    parser.add_argument("--variants", default="gitroot,libfuse2",
+                        help="gitroot variants side by side (default: gitroot,libfuse2); "
+                             "names: " + ", ".join(VARIANTS))
+    parser.add_argument("--levers", action="store_true",
+                        help="add one variant per libfuse 3 lever turned off, and one "
+                             "with all of them off")
+    parser.add_argument("--before", metavar="DIR",
+                        help="a checkout of older gitroot code: adds the variant 'before' "
+                             "(e.g. git worktree add /tmp/before main)")
     parser.add_argument("--reps", type=int, default=None,
                         help="repetitions (default: 5, --quick 1, --scale 3)")
     parser.add_argument("--json", help="write results here (default: bench/results/)")
@@ -548,12 +858,28 @@ def main(argv=None) -> int:
                              "(a disk, not tmpfs, or cold runs mean nothing)")
     args = parser.parse_args(argv)
     if args.reps is None:
-        args.reps = 1 if args.quick else 3 if args.scale else 5
+        args.reps = 1 if args.quick or args.memory else 3 if args.scale else 5
+    args.variants = [v for v in args.variants.split(",") if v]
+    if args.levers:
+        args.variants += [v for v in [*("no-" + lever for lever in LEVERS),
+                                      "no-readahead", "no-levers"] if v not in args.variants]
+    if args.before:
+        args.before = os.path.abspath(args.before)
+        if "before" not in args.variants:
+            args.variants.append("before")
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown or ("before" in args.variants and not args.before):
+        parser.error(f"unknown variants {unknown} (or 'before' without --before)")
     if os.geteuid() != 0:
         parser.error("must run as root (mounts, chroot, drop_caches)")
     work = tempfile.mkdtemp(prefix="gitroot-bench-", dir=args.workdir)
     try:
-        result = scale_mode(args, work) if args.scale else compare_mode(args, work)
+        if args.scale:
+            result = scale_mode(args, work)
+        elif args.memory:
+            result = memory_mode(args, work)
+        else:
+            result = compare_mode(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

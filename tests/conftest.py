@@ -58,5 +58,27 @@ def have(tool):
 def fuse_available():
     return os.path.exists("/dev/fuse") and have("fusermount") and os.geteuid() == 0
 
+
+#: Each FUSE back end the mount can pick, with the Python modules it needs
+#: (gitroot.serve.fusefs.BACKENDS).  Debian's library set has only fusepy;
+#: .venv has both.
+FUSE_BINDINGS = {"libfuse3": ("mfusepy",), "libfuse2": ("fusepy", "fuse")}
+
+
+def _has_binding(backend):
+    import importlib.util
+    return any(importlib.util.find_spec(m) for m in FUSE_BINDINGS[backend])
+
+
+@pytest.fixture(params=sorted(FUSE_BINDINGS))
+def fuse_backend(request, monkeypatch):
+    """Run the test once per FUSE back end (GITROOT_FUSE for every mount it
+    starts); tests.mounts.Mount checks that the daemon really used it."""
+    if not _has_binding(request.param):
+        pytest.skip(f"{request.param}: its binding ({FUSE_BINDINGS[request.param][0]}) "
+                    "is not installed for this interpreter")
+    monkeypatch.setenv("GITROOT_FUSE", request.param)
+    return request.param
+
 # Real lighttpd servers (git smart HTTP, static files) for fetcher tests.
 from servers import git_http_server, static_http_server  # noqa: E402,F401

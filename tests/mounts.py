@@ -1,6 +1,7 @@
 """Mounting with the real gitroot CLI in tests: a context manager, and
 waiting for a daemon to go."""
 
+import json
 import os
 import subprocess
 import time
@@ -19,12 +20,20 @@ class Mount:
         self.mountpoint = str(mountpoint)
         os.makedirs(self.mountpoint, exist_ok=True)
         self.pid_file = self.mountpoint + ".pid"
-        args = ["mount", "--repo", repo, rev, self.mountpoint, "--pid-file", self.pid_file]
+        record = self.mountpoint + ".json"
+        args = ["mount", "--repo", repo, rev, self.mountpoint, "--pid-file", self.pid_file,
+                "--record", record]
         if log_file:
             args += ["--log-file", log_file]
         gitroot_cmd(*args)
         with open(self.pid_file) as f:
             self.pid = int(f.read())
+        with open(record) as f:
+            self.record = json.load(f)
+        wanted = os.environ.get("GITROOT_FUSE")
+        if wanted and self.record["backend"] != wanted:
+            self.unmount()
+            raise AssertionError(f"asked for {wanted}, the daemon used {self.record}")
 
     def unmount(self):
         if is_mounted(self.mountpoint):

@@ -21,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "repository is bound read-only at its own path inside), so it "
                         "outlives the initramfs; its argv[0] starts with '@' so that "
                         "systemd's shutdown spares it (root only)")
+    parser.add_argument("--record", metavar="FILE",
+                        help="once ready, write what serves the mount to FILE (JSON: "
+                        "FUSE back end, binding, library, daemon pid, commit); with "
+                        "--jail the default is /run/gitroot/mount.json")
     parser.add_argument("--suid", action="store_true",
                         help="setuid/setgid bits and device files take effect (for a "
                         "system root; never for a commit other users could mount)")
@@ -29,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     pid = mount(args.repo, args.rev, args.mountpoint, foreground=args.foreground,
                 allow_other=args.allow_other, log_file=args.log_file, debug=args.debug,
-                jail=args.jail, suid=args.suid)
+                jail=args.jail, suid=args.suid, record=args.record)
     if args.pid_file and not args.foreground:
         with open(args.pid_file, "w") as f:
             f.write(f"{pid}\n")

@@ -18,6 +18,7 @@ import base64
 import binascii
 import re
 import stat
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -60,6 +61,17 @@ MAX_SIZE = 2**63 - 1
 MAX_XATTR_VALUE = 65536     # Linux's XATTR_SIZE_MAX
 MAX_XATTR_NAME = 255        # Linux's XATTR_NAME_MAX
 MAX_DEV_PART = 2**32 - 1
+#: Linux's own limits on a device number (12-bit major, 20-bit minor): a
+#: device beyond them is accepted in a manifest but served as an I/O error.
+LINUX_MAX_MAJOR = 2**12 - 1
+LINUX_MAX_MINOR = 2**20 - 1
+NAME_MAX = 255              # Linux's longest file name, in bytes
+#: The most entries and bytes a manifest may have: a mounted manifest costs
+#: the FUSE daemon about 1 KB of memory per entry (docs/performance.md), and
+#: the daemon runs in the initramfs of small devices.  A full Debian desktop
+#: has ~300,000 entries.
+MAX_ENTRIES = 500_000
+MAX_MANIFEST_BYTES = 64 << 20
 NS = 1_000_000_000
 
 # Bytes kept literal in an escaped path: printable ASCII except the escape
@@ -108,7 +120,8 @@ def check_path(path: bytes) -> None:
     """Refuse a path that could name something outside the tree.
 
     A valid path is ``.`` (the root) or ``/``-separated components that are
-    non-empty and none of ``.``, ``..`` or containing NUL.
+    non-empty, at most NAME_MAX bytes long (no kernel serves a longer name),
+    and none of ``.``, ``..`` or containing NUL.
     """
     if path == b".":
         return
@@ -117,6 +130,8 @@ def check_path(path: bytes) -> None:
     for part in path.split(b"/"):
         if part in (b"", b".", b".."):
             raise ValueError("empty, '.' or '..' component")
+        if len(part) > NAME_MAX:
+            raise ValueError(f"a component longer than {NAME_MAX} bytes")
 
 
 def parent_of(path: bytes) -> bytes:
@@ -129,7 +144,12 @@ def sort_key(path: bytes) -> Tuple[bytes, ...]:
     return () if path == b"." else tuple(path.split(b"/"))
 
 
-@dataclass(frozen=True)
+# One Entry per manifest line stays in memory while a commit is mounted:
+# without a __dict__ each costs ~300 bytes less (dataclass slots: Python 3.10+).
+_SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}
+
+
+@dataclass(frozen=True, **_SLOTS)
 class Entry:
     """The metadata of one file system entry."""
 
@@ -276,7 +296,7 @@ class Manifest:
     entries: Dict[bytes, Entry] = field(default_factory=dict)
     inode: Dict[bytes, int] = field(default_factory=dict)
     nlink: Dict[int, int] = field(default_factory=dict)
-    #: names of every entry's children, by parent directory path, in order
+    #: paths of every directory's children, by the directory's path, in order
     children: Dict[bytes, List[bytes]] = field(default_factory=dict)
     #: number of subdirectories, by directory path (a directory's link count
     #: is 2 plus this, as on ext4)
@@ -290,14 +310,26 @@ class Manifest:
         return len(self.entries)
 
 
+def check_manifest_size(size: int, entries: Optional[int] = None) -> None:
+    """Refuse a manifest beyond MAX_MANIFEST_BYTES or MAX_ENTRIES (one line each)."""
+    if size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"the manifest has {size} bytes, more than the "
+                            f"{MAX_MANIFEST_BYTES >> 20} MiB gitroot serves")
+    if entries is not None and entries > MAX_ENTRIES:
+        raise ManifestError(f"the manifest has {entries} entries, more than the "
+                            f"{MAX_ENTRIES} gitroot serves")
+
+
 def parse_manifest(data: bytes, strict: bool = False) -> Manifest:
     """Parse a manifest file.
 
-    A bad header is always an error.  A bad line is an error when *strict*;
+    A bad header, or a manifest beyond MAX_ENTRIES or MAX_MANIFEST_BYTES,
+    is always an error.  A bad line is an error when *strict*;
     otherwise it is recorded in ``rejected`` and, if its path can be read,
     that path is served as an I/O error (``poisoned``), so one hostile line
     cannot take the whole root filesystem down but is never served wrongly.
     """
+    check_manifest_size(len(data), data.count(b"\n") - 1)
     lines = data.split(b"\n")
     if not lines or lines[0] != HEADER:
         raise ManifestError("manifest does not start with %r" % HEADER.decode())
@@ -363,8 +395,8 @@ def parse_manifest(data: bytes, strict: bool = False) -> Manifest:
         entries[path] = entry
         inode[path] = ino
         if parent is not None:
-            man.children.setdefault(parent, []).append(
-                path if parent == b"." else path[len(parent) + 1:])
+            # the path object itself (shared with entries' key), not a new name
+            man.children.setdefault(parent, []).append(path)
             if entry.kind == KIND_DIR:
                 man.subdirs[parent] = man.subdirs.get(parent, 0) + 1
     if first:

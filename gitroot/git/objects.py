@@ -61,6 +61,10 @@ def parse_tree(data: bytes) -> List[TreeItem]:
     return items
 
 
+#: Linux's NAME_MAX: the longest name a directory entry can have.
+NAME_MAX = 255
+
+
 def name_problem(name: bytes) -> str:
     """Why *name* cannot be a directory entry, or '' if it can."""
     if not name:
@@ -73,6 +77,10 @@ def name_problem(name: bytes) -> str:
         return "name contains NUL"
     if name.lower() == b".git":
         return "name is '.git'"
+    if len(name) > NAME_MAX:
+        # the kernel refuses longer names, and one in a FUSE listing makes
+        # the whole directory unlistable (EIO)
+        return f"name longer than {NAME_MAX} bytes"
     return ""
 
 

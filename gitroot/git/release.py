@@ -5,6 +5,8 @@ device's diff, so both refuse the same damaged or crafted objects the same
 way.  Boot path: pygit2 and the standard library only.
 """
 
+from typing import Callable, Optional
+
 import pygit2
 
 from gitroot.errors import CorruptObjectError, ManifestError
@@ -27,8 +29,13 @@ def read_object(odb: pygit2.Odb, oid: bytes, want: int, what: str) -> bytes:
     return data
 
 
-def read_manifest_bytes(odb: pygit2.Odb, root_tree: bytes, where: str) -> bytes:
-    """The raw ``.gitroot/manifest`` of the release whose root tree is *root_tree*."""
+def read_manifest_bytes(odb: pygit2.Odb, root_tree: bytes, where: str,
+                        size_of: Optional[Callable[[bytes], Optional[int]]] = None) -> bytes:
+    """The raw ``.gitroot/manifest`` of the release whose root tree is *root_tree*.
+
+    *size_of(oid)*, when given, tells the manifest blob's size without
+    inflating it (None: cannot tell); one beyond manifest.MAX_MANIFEST_BYTES
+    is refused unread."""
     try:
         items = go.parse_tree(read_object(odb, root_tree, go.OBJ_TREE, where + " root tree"))
         meta = [i for i in items if i.name == mf.MANIFEST_DIR]
@@ -41,6 +48,9 @@ def read_manifest_bytes(odb: pygit2.Odb, root_tree: bytes, where: str) -> bytes:
         if len(blobs) != 1 or blobs[0].mode not in (go.MODE_BLOB, go.MODE_EXEC):
             raise ManifestError(f"{where} has no gitroot manifest "
                                 f"({mf.MANIFEST_PATH.decode()})")
+        size = size_of(blobs[0].oid) if size_of is not None else None
+        if size is not None:
+            mf.check_manifest_size(size)
         return read_object(odb, blobs[0].oid, go.OBJ_BLOB, where + " manifest")
     except go.TreeFormatError as err:
         raise ManifestError(f"{where}: corrupt root tree: {err}") from None

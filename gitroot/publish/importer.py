@@ -177,7 +177,10 @@ class Importer:
                 any(e.path == mf.MANIFEST_DIR for e in self.entries):
             raise SourceError(f"/{mf.MANIFEST_DIR.decode()}: this name is reserved "
                               "for gitroot's manifest")
+        # what devices would refuse to mount is refused here already
+        mf.check_manifest_size(0, len(self.entries))
         manifest = mf.format_manifest(self.entries)
+        mf.check_manifest_size(len(manifest))
         man_blob = self.odb.write(go.OBJ_BLOB, manifest)
         man_tree = self.odb.write(go.OBJ_TREE, go.format_tree(
             [(go.MODE_BLOB, mf.MANIFEST_NAME, _raw(man_blob))]))

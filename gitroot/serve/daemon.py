@@ -27,6 +27,7 @@ Threading: the daemon runs one FUSE thread; see ``gitroot.serve.fusefs``.
 
 import ctypes
 import importlib
+import json
 import logging
 import logging.handlers
 import os
@@ -36,7 +37,10 @@ import sys
 import time
 from typing import Optional
 
+from gitroot.atomic import write_file
+from gitroot.boot.state import run_dir
 from gitroot.errors import MountError
+from gitroot.serve.fusefs import Backend, load_backend, run_fuse
 from gitroot.serve.vfs import RootView, open_view
 
 log = logging.getLogger(__name__)
@@ -46,33 +50,95 @@ READY_TIMEOUT = 60.0
 
 def mount(repo_path: str, rev: str, mountpoint: str, foreground: bool = False,
           allow_other: Optional[bool] = None, log_file: Optional[str] = None,
-          debug: bool = False, jail: Optional[str] = None, suid: bool = False) -> int:
+          debug: bool = False, jail: Optional[str] = None, suid: bool = False,
+          record: Optional[str] = None) -> int:
     """Mount *rev* of *repo_path* at *mountpoint*; returns the daemon's pid.
 
     *jail*: once the mount is ready, the daemon chroots into this directory
     (see the module docstring); needs root.  *suid*: setuid/setgid bits and
-    device files take effect (a system root only).
+    device files take effect (a system root only).  *record*: once ready,
+    write what serves the mount there (JSON: back end, binding, library,
+    daemon pid, commit, mount point); with a jail it defaults to
+    ``/run/gitroot/mount.json`` (:data:`RECORD_NAME` in the run directory),
+    for ``gitroot status``.
     """
     if not os.path.isdir(mountpoint):
         raise MountError(f"{mountpoint}: not a directory")
     view = open_view(repo_path, rev)
+    # Chosen here, before forking: a missing libfuse is told like any other
+    # input error, and the record below can name it.
+    backend = load_backend()
     if allow_other is None:
         allow_other = os.geteuid() == 0
     if jail is not None:
         _prepare_jail(jail, view.repo.path)
+        if record is None:
+            record = os.path.join(run_dir(), RECORD_NAME)
     if foreground:
         on_ready = (lambda: _enter_jail(jail)) if jail is not None else None
-        _serve(view, mountpoint, allow_other, on_ready, debug, suid)
+        _serve(view, mountpoint, allow_other, on_ready, debug, suid, backend)
         return os.getpid()
-    return _serve_in_background(view, mountpoint, allow_other, log_file, debug, jail, suid)
+    pid = _serve_in_background(view, mountpoint, allow_other, log_file, debug, jail, suid,
+                               backend)
+    _widen_readahead(mountpoint)
+    if record is not None:
+        _write_record(record, backend, pid, view, mountpoint)
+    return pid
+
+
+#: The mount record's name in the run directory (see mount()).
+RECORD_NAME = "mount.json"
+
+#: Read-ahead of the mount, in KiB: the kernel gives a FUSE mount 128 KiB,
+#: which caps sequential reads at 128 KiB requests even where libfuse 3
+#: allows 1 MiB ones (max_pages 256).  See docs/performance.md.
+READAHEAD_KB = 1024
+
+
+def _widen_readahead(mountpoint: str) -> None:
+    """Raise the mount's read-ahead to READAHEAD_KB (root only; a kernel
+    that refuses keeps its default, which is only slower)."""
+    try:
+        dev = os.stat(mountpoint).st_dev
+        path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+        with open(path, "w") as f:
+            f.write(f"{READAHEAD_KB}\n")
+    except OSError as err:
+        log.debug("%s: read-ahead left at the kernel's default: %s", mountpoint, err)
+
+
+def _write_record(path: str, backend: Backend, pid: int, view: RootView,
+                  mountpoint: str) -> None:
+    record = dict(backend.record(), pid=pid, commit=view.commit_id,
+                  mountpoint=os.path.abspath(mountpoint))
+    try:
+        write_file(path, (json.dumps(record, sort_keys=True) + "\n").encode())
+    except OSError as err:
+        # the mount itself is fine; only status will not name the back end
+        log.warning("cannot record the mount in %s: %s", path, err)
+
+
+def read_record(path: Optional[str] = None) -> Optional[dict]:
+    """The mount record (see mount()), or None when there is none or it
+    cannot be read; *path* defaults to the run directory's."""
+    path = path or os.path.join(run_dir(), RECORD_NAME)
+    try:
+        with open(path, "rb") as f:
+            record = json.loads(f.read(65536))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _serve(view: RootView, mountpoint: str, allow_other: bool, on_ready, debug: bool,
-           suid: bool = False) -> None:
-    from gitroot.serve.fusefs import run_fuse
+           suid: bool = False, backend: Optional[Backend] = None) -> None:
+    backend = backend or load_backend()
+    log.info("serving commit %s at %s through %s", view.commit_id, mountpoint,
+             backend.describe())
     _fixed_mmap_threshold()
     try:
-        run_fuse(view, mountpoint, allow_other, on_ready=on_ready, debug=debug, suid=suid)
+        run_fuse(view, mountpoint, allow_other, on_ready=on_ready, debug=debug, suid=suid,
+                 backend=backend)
     except RuntimeError as err:
         # fusepy raises RuntimeError(status) when fuse_main fails; libfuse
         # has already printed the reason on stderr.
@@ -97,7 +163,7 @@ def _fixed_mmap_threshold() -> None:
 
 def _serve_in_background(view: RootView, mountpoint: str, allow_other: bool,
                          log_file: Optional[str], debug: bool, jail: Optional[str] = None,
-                         suid: bool = False) -> int:
+                         suid: bool = False, backend: Optional[Backend] = None) -> int:
     ready_r, ready_w = os.pipe()
     err_r, err_w = os.pipe()
     sys.stdout.flush()
@@ -134,7 +200,7 @@ def _serve_in_background(view: RootView, mountpoint: str, allow_other: bool,
                 os.write(ready_w, b"ready\n")
                 os.close(ready_w)
 
-            _serve(view, mountpoint, allow_other, ready, debug, suid)
+            _serve(view, mountpoint, allow_other, ready, debug, suid, backend)
             status = 0
         except BaseException as err:    # noqa: B902 - the daemon must never return
             try:

@@ -1,11 +1,20 @@
-"""The FUSE adapter: a thin protocol layer over :class:`gitroot.vfs.RootView`.
+"""The FUSE adapter: a thin protocol layer over :class:`gitroot.serve.vfs.RootView`.
 
-It turns FUSE paths into view paths, view exceptions into errno values (in
-one place, :meth:`GitrootFS.__call__`), and answers every write with EROFS.
-All filesystem knowledge is in ``gitroot.serve.vfs``.
+:class:`GitrootFS` turns FUSE paths into view paths and answers every write
+with EROFS; :func:`errno_of` turns view exceptions into errno values, in one
+place.  All filesystem knowledge is in ``gitroot.serve.vfs``.
 
-Paths cross fusepy as ``str``; fusepy is told to use latin-1, which maps
-every byte to one code point and back, so names that are not UTF-8 survive.
+Two back ends carry these operations to the kernel, chosen at run time by
+:func:`load_backend`:
+
+- ``libfuse3`` (``gitroot.serve.libfuse3``): mfusepy on libfuse 3, with
+  readdirplus, a kernel directory cache, cached symlinks and 1 MiB reads;
+- ``libfuse2`` (``gitroot.serve.libfuse2``): fusepy on libfuse 2, what
+  Debian 12 packages (python3-fusepy, libfuse2): the fallback.
+
+Paths cross the bindings as ``str``; both are told to use latin-1, which
+maps every byte to one code point and back, so names that are not UTF-8
+survive.
 
 The content of a commit never changes, so :func:`mount_options` lets the
 kernel cache attributes, entries, negative lookups and pages for a day.
@@ -14,58 +23,64 @@ Threading: FUSE runs single-threaded (``nothreads``): the GIL would serialize
 the Python work anyway, and one thread keeps the view's lazy loading simple.
 """
 
-import ctypes
 import errno
+import importlib
 import logging
 import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable, Iterator, List, Optional, Tuple
 
-from gitroot.serve.vfs import EntryError, RootView
-
-try:                            # Debian's python3-fusepy names the module fusepy
-    import fusepy as fuse
-except ImportError:             # PyPI's fusepy installs it as fuse
-    import fuse
+from gitroot.errors import MountError
+from gitroot.serve.vfs import BLKSIZE, BLOCK, EntryError, RootView, Stat
 
 log = logging.getLogger(__name__)
 
 ENCODING = "latin-1"
 CACHE_SECONDS = 86400
 
+#: The environment variable that picks a back end: ``auto`` (the default:
+#: libfuse 3 when mfusepy and libfuse3 are installed, else libfuse 2),
+#: ``libfuse3`` or ``libfuse2``.
+BACKEND_ENV = "GITROOT_FUSE"
+BACKENDS = ("libfuse3", "libfuse2")
+
 
 def _vpath(path: str) -> bytes:
     return b"." if path == "/" else path[1:].encode(ENCODING)
 
 
-class GitrootFS(fuse.Operations):
-    """fusepy operations for one commit."""
+_ERRNO_OF_TYPE = {
+    FileNotFoundError: errno.ENOENT,
+    NotADirectoryError: errno.ENOTDIR,
+    IsADirectoryError: errno.EISDIR,
+}
+
+
+def errno_of(err: Exception, op: str, args: tuple) -> int:
+    """The errno a failed operation answers (the one place that maps them)."""
+    if isinstance(err, EntryError):
+        return errno.EIO
+    if isinstance(err, OSError):
+        # the view raises FileNotFoundError(path) and the like, without errno
+        return err.errno or _ERRNO_OF_TYPE.get(type(err), errno.EIO)
+    log.exception("internal error in %s%r", op, args[:1])
+    return errno.EIO
+
+
+class GitrootFS:
+    """The filesystem operations of one commit, for either back end.
+
+    A back end registers the operations this class defines (a None
+    attribute is left to libfuse) and calls them with str paths; a failure
+    is an exception that :func:`errno_of` maps.
+    """
 
     use_ns = True      # times are integer nanoseconds
 
-    def __init__(self, view: RootView, on_ready=None):
+    def __init__(self, view: RootView, on_ready: Optional[Callable[[], None]] = None):
         self.view = view
         self.on_ready = on_ready
-
-    def __call__(self, op, *args):
-        method = getattr(self, op, None)
-        if method is None:
-            raise fuse.FuseOSError(errno.EROFS if op in _WRITE_OPS else errno.ENOSYS)
-        try:
-            return method(*args)
-        except fuse.FuseOSError:
-            raise
-        except EntryError:
-            raise fuse.FuseOSError(errno.EIO) from None
-        except FileNotFoundError:
-            raise fuse.FuseOSError(errno.ENOENT) from None
-        except NotADirectoryError:
-            raise fuse.FuseOSError(errno.ENOTDIR) from None
-        except IsADirectoryError:
-            raise fuse.FuseOSError(errno.EISDIR) from None
-        except OSError as err:
-            raise fuse.FuseOSError(err.errno or errno.EIO) from None
-        except Exception:
-            log.exception("internal error in %s%r", op, args[:1])
-            raise fuse.FuseOSError(errno.EIO) from None
 
     # -- life cycle ------------------------------------------------------
 
@@ -78,36 +93,18 @@ class GitrootFS(fuse.Operations):
     def getattr(self, path, fh=None):
         return self.view.getattr(_vpath(path))
 
-    def getattr_into(self, path, buf):
-        """Fill the kernel's ``struct stat`` at *buf* (see :class:`_FUSE`)."""
-        _fill_stat(buf.contents, self.view.getattr(_vpath(path)))
+    def stat(self, path: str) -> Stat:
+        """The attributes of *path* (the back ends fill ``struct stat`` from them)."""
+        return self.view.stat(_vpath(path))
 
-    # fusepy installs _FUSE.readdir because fuse.Operations defines readdir;
-    # that one calls readdir_into below, never fuse.Operations.readdir.
-
-    def readdir_into(self, path, buf, filler):
-        """List a directory straight into libfuse's buffer (see _FUSE.readdir).
-
-        Mode and inode with each name give the kernel d_type, so a walk
-        (find, fts) need not look up every file to learn that it is not a
-        directory.  One stat buffer is reused: libfuse copies the inode and
-        type out of it during each filler call.
-        """
-        node = self.view.lookup(_vpath(path))
-        st = fuse.c_stat()
-        filler(buf, b".", None, 0)
-        filler(buf, b"..", None, 0)
-        for name, kid in self.view.children(node).items():
-            if kid.error is None:
-                attrs = kid.attrs
-                st.st_mode = attrs["st_mode"]
-                st.st_ino = attrs["st_ino"]
-                if filler(buf, name, st, 0):
-                    break
-            elif filler(buf, name, None, 0):
-                # listed, but a lookup answers EIO
-                break
-        return 0
+    def listing(self, path: str) -> Iterator[Tuple[bytes, Optional[Stat]]]:
+        """(name, Stat) for each entry of the directory at *path*; the Stat
+        is None for an entry a lookup answers with EIO (it is listed, so
+        ``ls`` shows it, but never described).  An unreadable directory
+        fails here, before the back end fills anything."""
+        kids = self.view.children(self.view.lookup(_vpath(path)))
+        return ((name, kid.stat if kid.error is None else None)
+                for name, kid in kids.items())
 
     def readlink(self, path):
         return self.view.readlink(_vpath(path)).decode(ENCODING)
@@ -117,7 +114,7 @@ class GitrootFS(fuse.Operations):
         for key, value in self.view.xattrs(_vpath(path)):
             if key == want:
                 return value
-        raise fuse.FuseOSError(errno.ENODATA)
+        raise OSError(errno.ENODATA, "no such attribute")
 
     def listxattr(self, path):
         return [k.decode(ENCODING) for k, _ in self.view.xattrs(_vpath(path))]
@@ -127,7 +124,7 @@ class GitrootFS(fuse.Operations):
 
     def access(self, path, amode):
         if amode & os.W_OK:
-            raise fuse.FuseOSError(errno.EROFS)
+            raise OSError(errno.EROFS, "read-only file system")
         self.view.lookup(_vpath(path))
         return 0
 
@@ -141,36 +138,40 @@ class GitrootFS(fuse.Operations):
         cost no round trip at all; read() finds the file by path (see
         RootView.read_file).  The mount is read-only, so the kernel refuses
         writing opens before they get here, and permissions are checked by
-        the kernel (default_permissions).
-
-        Directories cannot do the same: libfuse 2 keeps its readdir buffer in
-        the handle OPENDIR creates."""
-        raise fuse.FuseOSError(errno.ENOSYS)
+        the kernel (default_permissions)."""
+        raise OSError(errno.ENOSYS, "no open")
 
     def read(self, path, size, offset, fh):
         return self.view.read_file(_vpath(path), size, offset)
 
+    def readdir(self, path, fh):
+        """The bindings' generic listing; both back ends replace it with
+        their own, which fill libfuse's buffer from listing() directly."""
+        return [".", "..", *(n.decode(ENCODING) for n, _ in self.listing(path))]
 
-# Operations fusepy would register from fuse.Operations' defaults although
-# they do nothing here.  Unregistered, libfuse answers them itself (FLUSH once
+    # Left to libfuse under libfuse 2: an unreadable directory fails at
+    # readdir() with EIO instead, and a walk saves one trip through Python
+    # per directory.  The libfuse 3 back end has its own (cache_readdir).
+    opendir = None
+
+
+# Operations the bindings would register from their defaults although they
+# do nothing here.  Unregistered, libfuse answers them itself (FLUSH once
 # with ENOSYS, after which the kernel stops sending it), so a close() or
 # closedir() costs no trip through Python.
-# opendir too: an unreadable directory fails at readdir() with EIO instead,
-# and a walk saves one trip through Python per directory.
-for _op in ("release", "opendir", "flush", "fsync", "fsyncdir", "releasedir",
-            "ioctl", "destroy"):
+for _op in ("release", "flush", "fsync", "fsyncdir", "releasedir", "ioctl", "destroy"):
     setattr(GitrootFS, _op, None)
 
-_WRITE_OPS = frozenset((
+WRITE_OPS = frozenset((
     "chmod", "chown", "create", "link", "mkdir", "mknod", "removexattr",
     "rename", "rmdir", "setxattr", "symlink", "truncate", "unlink", "utimens",
     "write",
 ))
-# fusepy only registers operations the class defines; define the write ones
-# so the kernel gets EROFS instead of ENOSYS.
-for _op in _WRITE_OPS:
+# The bindings only register operations the class defines; define the write
+# ones so the kernel gets EROFS instead of ENOSYS.
+for _op in WRITE_OPS:
     def _refuse(self, *args, _op=_op):
-        raise fuse.FuseOSError(errno.EROFS)
+        raise OSError(errno.EROFS, "read-only file system")
     _refuse.__name__ = _op
     setattr(GitrootFS, _op, _refuse)
 del _op, _refuse
@@ -179,37 +180,23 @@ del _op, _refuse
 _NS = 1_000_000_000
 
 
-def _fill_stat(st, attrs: dict) -> None:
-    """fusepy's set_st_attrs for our fixed set of keys, without its per-key
+def fill_stat(st, stat: Stat) -> None:
+    """Fill a binding's ``c_stat`` from a view's Stat: the bindings'
+    set_st_attrs for our fixed set of fields, without their per-key
     hasattr/getattr loop (a third of a cold metadata walk's time)."""
-    st.st_mode = attrs["st_mode"]
-    st.st_ino = attrs["st_ino"]
-    st.st_nlink = attrs["st_nlink"]
-    st.st_uid = attrs["st_uid"]
-    st.st_gid = attrs["st_gid"]
-    st.st_size = attrs["st_size"]
-    st.st_rdev = attrs["st_rdev"]
-    st.st_blocks = attrs["st_blocks"]
-    st.st_blksize = attrs["st_blksize"]
-    for field, key in ((st.st_atimespec, "st_atime"), (st.st_mtimespec, "st_mtime"),
-                       (st.st_ctimespec, "st_ctime")):
-        field.tv_sec, field.tv_nsec = divmod(attrs[key], _NS)
-
-
-class _FUSE(fuse.FUSE):
-    """fusepy's FUSE with a direct getattr and readdir: stat buffers are
-    filled from the view's attributes without fusepy's generic conversion."""
-
-    def fgetattr(self, path, buf, fip):
-        ctypes.memset(buf, 0, ctypes.sizeof(fuse.c_stat))
-        self.operations("getattr_into", path.decode(ENCODING), buf)
-        return 0
-
-    def readdir(self, path, buf, filler, offset, fip):
-        # fusepy's readdir builds a c_stat per entry through its generic
-        # set_st_attrs and encodes every name again; a cold walk of the
-        # Debian root lists 8,350 entries this way.
-        return self.operations("readdir_into", path.decode(ENCODING), buf, filler)
+    mode, ino, nlink, uid, gid, size, rdev, mtime = stat
+    st.st_mode = mode
+    st.st_ino = ino
+    st.st_nlink = nlink
+    st.st_uid = uid
+    st.st_gid = gid
+    st.st_size = size
+    st.st_rdev = rdev
+    st.st_blocks = (size + BLOCK - 1) // BLOCK
+    st.st_blksize = BLKSIZE
+    sec, nsec = divmod(mtime, _NS)
+    st.st_atimespec.tv_sec = st.st_mtimespec.tv_sec = st.st_ctimespec.tv_sec = sec
+    st.st_atimespec.tv_nsec = st.st_mtimespec.tv_nsec = st.st_ctimespec.tv_nsec = nsec
 
 
 def mount_options(allow_other: bool, suid: bool = False) -> dict:
@@ -236,9 +223,78 @@ def mount_options(allow_other: bool, suid: bool = False) -> dict:
     return opts
 
 
+@dataclass(frozen=True)
+class Backend:
+    """One way to reach the kernel: a binding and the libfuse it loaded."""
+
+    name: str           # "libfuse3" or "libfuse2"
+    binding: str        # e.g. "mfusepy 3.1.1"
+    library: str        # the shared library the binding loaded
+    module: ModuleType  # gitroot.serve.libfuse3 or gitroot.serve.libfuse2
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.binding}, {self.library})"
+
+    def record(self) -> dict:
+        return {"backend": self.name, "binding": self.binding, "library": self.library}
+
+    def serve(self, view: RootView, on_ready: Optional[Callable[[], None]],
+              mountpoint: str, options: dict, debug: bool) -> None:
+        self.module.serve(view, on_ready, mountpoint, options, debug)
+
+
+def load_backend(choice: Optional[str] = None) -> Backend:
+    """The back end to serve with: *choice*, else $GITROOT_FUSE, else the
+    first of BACKENDS that loads.  Loading imports the binding, which loads
+    libfuse, so a missing library is told before anything is mounted."""
+    choice = choice or os.environ.get(BACKEND_ENV) or "auto"
+    if choice == "auto":
+        names: List[str] = list(BACKENDS)
+    elif choice in BACKENDS:
+        names = [choice]
+    else:
+        raise MountError(f"{BACKEND_ENV}={choice}: expected auto, " + " or ".join(BACKENDS))
+    reasons = []
+    for name in names:
+        try:
+            module = importlib.import_module(f"gitroot.serve.{name}")
+            binding, library = module.describe()
+        except (ImportError, OSError, AttributeError, RuntimeError) as err:
+            # mfusepy raises OSError without a libfuse and AttributeError for
+            # a libfuse of the wrong major version
+            reasons.append(f"{name}: {err}")
+            log.debug("FUSE back end %s unavailable: %s", name, err)
+            continue
+        return Backend(name, binding, library, module)
+    raise MountError("no FUSE back end can be loaded (" + "; ".join(reasons) + ")")
+
+
 def run_fuse(view: RootView, mountpoint: str, allow_other: bool, on_ready=None,
-             debug: bool = False, suid: bool = False) -> None:
+             debug: bool = False, suid: bool = False,
+             backend: Optional[Backend] = None) -> None:
     """Serve *view* at *mountpoint* until unmounted (blocks)."""
-    ops = GitrootFS(view, on_ready)
-    _FUSE(ops, mountpoint, foreground=True, nothreads=True, encoding=ENCODING,
-              debug=debug, **mount_options(allow_other, suid))
+    backend = backend or load_backend()
+    backend.serve(view, on_ready, mountpoint, mount_options(allow_other, suid), debug)
+
+
+def binding_version(distribution: str) -> str:
+    """The installed version of a binding, for the log line and record."""
+    from importlib import metadata
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def loaded_library(soname: str) -> str:
+    """Where the shared library *soname* was loaded from (ctypes only knows
+    the name it was asked for); *soname* itself if it cannot be told."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.rstrip("\n").partition("/")[2]
+                if path and os.path.basename(path).startswith(soname):
+                    return "/" + path
+    except OSError:
+        pass
+    return soname

@@ -29,12 +29,14 @@ twice and never observe a half-built one.
 import hashlib
 import logging
 import os
+import zlib
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import pygit2
 
 from gitroot.git import objects as go
 from gitroot.git import manifest as mf
+from gitroot.git.blobstream import BlobStreamError, ObjectFiles, StreamedBlob
 from gitroot.errors import CorruptObjectError, ManifestError, RepositoryError
 from gitroot.git.release import read_manifest_bytes, read_object
 from gitroot.git.repository import resolve_commit
@@ -42,7 +44,20 @@ from gitroot.git.repository import resolve_commit
 log = logging.getLogger(__name__)
 
 BLOCK = 512
-RECENT_BLOBS = 8     # blobs kept between reads (see read_file)
+
+# The daemon's memory for file contents is bounded whatever the release
+# holds (docs/performance.md, "Memory"):
+#: blobs stored whole and larger than this are streamed (gitroot.git.blobstream)
+STREAM_ABOVE = 4 << 20
+#: bytes of small blobs kept between reads (see read_file)
+RECENT_BYTES = 16 << 20
+#: streamed blobs kept (their checkpoints, at most ~2.6 MB each)
+RECENT_STREAMS = 2
+#: a blob stored as a delta must be inflated whole; above this it is refused
+#: (git itself never stores a delta for a blob over core.bigFileThreshold,
+#: 512 MiB by default)
+MAX_WHOLE = 512 << 20
+PATH_MAX = 4096      # Linux's longest symlink target
 HIGH_INO = 1 << 62   # inodes of entries the manifest lacks (see _fallback_ino)
 
 
@@ -50,21 +65,46 @@ class EntryError(Exception):
     """This entry cannot be served; the adapter answers EIO."""
 
 
+#: A node's attributes: (st_mode, st_ino, st_nlink, st_uid, st_gid, st_size,
+#: st_rdev, mtime_ns); atime and ctime are mtime, st_blocks follows from
+#: st_size.  A tuple, not a dict: a dict per entry was half the daemon's
+#: memory after a walk of 100,000 entries (docs/performance.md).
+Stat = Tuple[int, int, int, int, int, int, int, int]
+ST_SIZE = 5
+BLKSIZE = 4096
+
+
+def stat_dict(st: Stat) -> dict:
+    """*st* as the os.stat-like dict tools and tests read."""
+    mode, ino, nlink, uid, gid, size, rdev, mtime = st
+    return {
+        "st_mode": mode, "st_ino": ino, "st_nlink": nlink,
+        "st_uid": uid, "st_gid": gid, "st_size": size, "st_rdev": rdev,
+        "st_atime": mtime, "st_mtime": mtime, "st_ctime": mtime,
+        "st_blocks": (size + BLOCK - 1) // BLOCK, "st_blksize": BLKSIZE,
+    }
+
+
 class Node:
     """One entry: attributes ready for stat, plus where its content lives."""
 
-    __slots__ = ("path", "kind", "oid", "attrs", "entry", "error", "children", "target")
+    __slots__ = ("path", "kind", "oid", "stat", "entry", "error", "children", "target")
 
-    def __init__(self, path: bytes, kind: str, oid: Optional[bytes], attrs: Optional[dict],
+    def __init__(self, path: bytes, kind: str, oid: Optional[bytes], stat: Optional[Stat],
                  entry: Optional[mf.Entry], error: Optional[str] = None):
         self.path = path
         self.kind = kind
         self.oid = oid              # raw 20 bytes: blob (f, l) or tree (d); None otherwise
-        self.attrs = attrs          # the stat dict handed to FUSE
+        self.stat = stat            # see Stat; None for an error node
         self.entry = entry          # manifest entry (None: defaults were used)
         self.error = error          # set: this entry is served as an I/O error
         self.children: Optional[Dict[bytes, "Node"]] = None   # dirs, once loaded
         self.target: Optional[bytes] = None                    # symlinks, once read
+
+    @property
+    def attrs(self) -> Optional[dict]:
+        """The stat dict (built on each call; the adapter uses .stat)."""
+        return stat_dict(self.stat) if self.stat is not None else None
 
 
 def _fallback_ino(path: bytes) -> int:
@@ -82,12 +122,14 @@ class RootView:
         self.commit_id = str(commit.id)
         self.commit_time_ns = commit.commit_time * 1_000_000_000
         root_tree = _raw(commit.tree_id)
+        self._files = ObjectFiles(repo.path)
         self.manifest = self._load_manifest(root_tree)
         root_entry = self.manifest.entries[b"."]
         self.root = self._make_node(b".", mf.KIND_DIR, root_tree, root_entry)
-        self._nodes: Dict[bytes, Node] = {b".": self.root}
         self._logged: set = set()
         self._recent: Dict[bytes, bytes] = {}   # path -> blob, oldest first
+        self._recent_bytes = 0
+        self._streams: Dict[bytes, StreamedBlob] = {}   # oid -> stream, oldest first
         self._statfs: Optional[dict] = None
 
     # -- loading ---------------------------------------------------------
@@ -95,9 +137,15 @@ class RootView:
     def _read(self, oid: bytes, want: int, what: str) -> bytes:
         return read_object(self.odb, oid, want, what)
 
+    def _stored_size(self, oid: bytes) -> Optional[int]:
+        where = self._files.locate(oid)
+        return where.size if where is not None else None
+
     def _load_manifest(self, root_tree: bytes) -> mf.Manifest:
         where = f"commit {self.commit_id[:12]}"
-        manifest = mf.parse_manifest(read_manifest_bytes(self.odb, root_tree, where))
+        # the manifest's size is checked before it is inflated (MAX_MANIFEST_BYTES)
+        manifest = mf.parse_manifest(read_manifest_bytes(self.odb, root_tree, where,
+                                                         size_of=self._stored_size))
         for lineno, reason in manifest.rejected:
             log.error("%s: manifest line %d rejected: %s", where, lineno, reason)
         return manifest
@@ -105,12 +153,13 @@ class RootView:
     def _make_node(self, path: bytes, kind: str, oid: Optional[bytes],
                    entry: Optional[mf.Entry], git_mode: int = 0) -> Node:
         if entry is not None:
+            path = entry.path           # one bytes object for both (memory)
             mode = entry.st_mode
             uid, gid, mtime = entry.uid, entry.gid, entry.mtime_ns
             size = entry.size or 0
             ino = self.manifest.inode[path]
             nlink = self.manifest.nlink.get(ino, 1)
-            rdev = os.makedev(*entry.rdev) if entry.rdev else 0
+            rdev = _device_number(entry.rdev) if entry.rdev else 0
         else:
             # Not in the manifest (e.g. committed with plain git): git's own view.
             perm = {mf.KIND_DIR: 0o755, mf.KIND_SYMLINK: 0o777}.get(
@@ -124,13 +173,7 @@ class RootView:
             rdev = 0
         if kind == mf.KIND_DIR:
             nlink = 2 + self.manifest.subdirs.get(path, 0)
-        attrs = {
-            "st_mode": mode, "st_ino": ino, "st_nlink": nlink,
-            "st_uid": uid, "st_gid": gid, "st_size": size, "st_rdev": rdev,
-            "st_atime": mtime, "st_mtime": mtime, "st_ctime": mtime,
-            "st_blocks": (size + BLOCK - 1) // BLOCK, "st_blksize": 4096,
-        }
-        return Node(path, kind, oid, attrs, entry)
+        return Node(path, kind, oid, (mode, ino, nlink, uid, gid, size, rdev, mtime), entry)
 
     def _error_node(self, path: bytes, reason: str) -> Node:
         self._log_once(path, reason)
@@ -169,21 +212,34 @@ class RootView:
                 continue
             seen_git.add(name)
             children[name] = self._git_child(child_path, item)
-        for name in manifest.children.get(path, ()):
+        cut = len(prefix)
+        for child_path in manifest.children.get(path, ()):
+            name = child_path[cut:]
             if name in seen_git:
                 continue
-            child_path = prefix + name
             entry = manifest.entries[child_path]
             if entry.kind in mf.GIT_KINDS:
                 children[name] = self._error_node(
                     child_path, "the manifest lists it but the tree has no such entry")
             else:
-                children[name] = self._make_node(child_path, entry.kind, None, entry)
+                children[name] = self._entry_node(child_path, entry.kind, None, entry)
         for child_path, reason in manifest.poisoned.items():
             if mf.parent_of(child_path) == path:
                 name = child_path[len(prefix):]
+                if go.name_problem(name):      # could not even be listed
+                    self._log_once(path, f"entry {name[:60]!r}... not served: {reason}")
+                    continue
                 children[name] = self._error_node(child_path, reason)
         return children
+
+    def _entry_node(self, path: bytes, kind: str, oid: Optional[bytes],
+                    entry: Optional[mf.Entry], git_mode: int = 0) -> Node:
+        """_make_node for one child: whatever is wrong with its entry costs
+        that entry (an I/O error), never its directory."""
+        try:
+            return self._make_node(path, kind, oid, entry, git_mode)
+        except EntryError as err:
+            return self._error_node(path, str(err))
 
     def _git_child(self, path: bytes, item: go.TreeItem) -> Node:
         mode = item.mode
@@ -203,10 +259,13 @@ class RootView:
                                           f"the tree says {kind!r}")
         # A submodule (gitlink) is served as an empty directory.
         oid = None if mode == go.MODE_GITLINK else item.oid
-        node = self._make_node(path, kind, oid, entry, git_mode=mode)
+        node = self._entry_node(path, kind, oid, entry, git_mode=mode)
+        if node.error is not None:
+            return node
         if entry is None and oid is not None and kind != mf.KIND_DIR:
             try:
-                node.attrs["st_size"] = self._object_size(oid)
+                st = node.stat
+                node.stat = st[:ST_SIZE] + (self._object_size(oid),) + st[ST_SIZE + 1:]
             except (KeyError, pygit2.GitError, ValueError) as err:
                 return self._error_node(path, f"object {oid.hex()} unreadable: {err}")
         return node
@@ -221,12 +280,21 @@ class RootView:
 
     def lookup(self, path: bytes) -> Node:
         """The node at *path*; FileNotFoundError or EntryError otherwise."""
-        node = self._nodes.get(path)
-        if node is None:
-            parent = self.lookup(mf.parent_of(path))
-            node = self.children(parent).get(path.rpartition(b"/")[2])
-            if node is None:
-                raise FileNotFoundError(path)
+        if path == b".":
+            node = self.root
+        else:
+            # walked from the root, one dict lookup per component: a
+            # microsecond, where an index of every path cost ~60 bytes an
+            # entry (6 MB at 100,000 entries)
+            node = self.root
+            for name in path.split(b"/"):
+                if node.error is not None:
+                    raise EntryError(node.error)
+                if node.kind != mf.KIND_DIR:
+                    raise NotADirectoryError(path)
+                node = self.children(node).get(name)
+                if node is None:
+                    raise FileNotFoundError(path)
         if node.error is not None:
             raise EntryError(node.error)
         return node
@@ -240,13 +308,15 @@ class RootView:
             except EntryError as err:
                 self._log_once(node.path, str(err))
                 raise
-            for kid in kids.values():
-                self._nodes[kid.path] = kid
             node.children = kids
         return node.children
 
     def getattr(self, path: bytes) -> dict:
-        return self.lookup(path).attrs
+        return stat_dict(self.lookup(path).stat)
+
+    def stat(self, path: bytes) -> Stat:
+        """The attributes of *path* as a Stat tuple (what the adapter fills from)."""
+        return self.lookup(path).stat
 
     def listdir(self, path: bytes) -> List[bytes]:
         return list(self.children(self.lookup(path)))
@@ -256,6 +326,12 @@ class RootView:
         if node.kind != mf.KIND_SYMLINK:
             raise OSError(22, "not a symlink")   # EINVAL, as readlink(2)
         if node.target is None:
+            where = self._files.locate(node.oid)
+            if where is not None and where.size > PATH_MAX:
+                # no kernel takes a longer target; never inflate a huge one
+                reason = f"symlink target of {where.size} bytes (more than {PATH_MAX})"
+                self._log_once(node.path, reason)
+                raise EntryError(reason)
             target = self._content(node)
             node.target = target
         return node.target
@@ -269,24 +345,73 @@ class RootView:
 
         There is no open/release: the adapter leaves both to libfuse, so a
         program that opens a file whose pages the kernel has cached costs
-        no trip through Python.  Instead the last few blobs read are kept
-        (a file is read in 128 KiB requests, and a blob is decompressed
-        once, not per request); a blob read to its end is dropped at once,
-        so a full read leaves nothing behind.
+        no trip through Python.  Instead recently read blobs are kept, up to
+        RECENT_BYTES (the kernel reads a file in several requests, and a
+        blob is decompressed once, not per request); a blob read to its end
+        is dropped at once, so a full read leaves nothing behind.  A blob
+        larger than STREAM_ABOVE is streamed instead (bounded memory, see
+        gitroot.git.blobstream).
         """
         node = self.lookup(path)
         if node.kind != mf.KIND_FILE:
             raise IsADirectoryError(path) if node.kind == mf.KIND_DIR else OSError(6, "no device")
+        stream = self._streams.get(node.oid)
+        if stream is not None:
+            return self._read_stream(node, stream, size, offset)
         recent = self._recent
         data = recent.pop(path, None)
-        if data is None:
+        if data is not None:
+            self._recent_bytes -= len(data)
+        else:
+            where = self._files.locate(node.oid)
+            if where is not None and where.size > STREAM_ABOVE:
+                self._check_size(node, where.size)
+                if not where.delta:
+                    return self._read_stream(node, self._stream(node, where), size, offset)
+                if where.size > MAX_WHOLE:
+                    reason = (f"stored as a delta of {where.size} bytes: more than the "
+                              f"{MAX_WHOLE >> 20} MiB a delta is inflated whole "
+                              "(repack the repository)")
+                    self._log_once(node.path, reason)
+                    raise EntryError(reason)
             data = self._content(node)
         end = offset + size
         if end < len(data):
+            # kept until read to its end; a big one (a delta) alone
             recent[path] = data
-            while len(recent) > RECENT_BLOBS:
-                del recent[next(iter(recent))]
+            self._recent_bytes += len(data)
+            while self._recent_bytes > RECENT_BYTES and len(recent) > 1:
+                self._recent_bytes -= len(recent.pop(next(iter(recent))))
         return data[offset:end]
+
+    def _stream(self, node: Node, where) -> StreamedBlob:
+        stream = StreamedBlob(node.oid, where)
+        try:
+            stream.verify()
+        except (BlobStreamError, OSError, zlib.error) as err:
+            reason = f"object {node.oid.hex()} is unreadable: {err}"
+            self._log_once(node.path, reason)
+            raise EntryError(reason) from None
+        self._streams[node.oid] = stream
+        while len(self._streams) > RECENT_STREAMS:
+            del self._streams[next(iter(self._streams))]
+        return stream
+
+    def _read_stream(self, node: Node, stream: StreamedBlob, size: int, offset: int) -> bytes:
+        try:
+            return stream.read(offset, size)
+        except (BlobStreamError, OSError, zlib.error) as err:
+            self._streams.pop(node.oid, None)
+            reason = f"object {node.oid.hex()} is unreadable: {err}"
+            self._log_once(node.path, reason)
+            raise EntryError(reason) from None
+
+    def _check_size(self, node: Node, actual: int) -> None:
+        expected = node.entry.size if node.entry is not None else None
+        if expected is not None and actual != expected:
+            reason = f"the manifest says {expected} bytes, the blob has {actual}"
+            self._log_once(node.path, reason)
+            raise EntryError(reason)
 
     def _content(self, node: Node) -> bytes:
         try:
@@ -294,11 +419,7 @@ class RootView:
         except CorruptObjectError as err:
             self._log_once(node.path, str(err))
             raise EntryError(str(err)) from None
-        expected = node.entry.size if node.entry is not None else None
-        if expected is not None and len(data) != expected:
-            reason = f"the manifest says {expected} bytes, the blob has {len(data)}"
-            self._log_once(node.path, reason)
-            raise EntryError(reason)
+        self._check_size(node, len(data))
         return data
 
     def statfs(self) -> dict:
@@ -321,6 +442,16 @@ class RootView:
             for _name, kid in sorted(self.children(node).items()):
                 if kid.error is None:
                     yield from self.walk(kid.path)
+
+
+def _device_number(rdev: Tuple[int, int]) -> int:
+    """st_rdev of (major, minor); EntryError beyond what Linux can represent
+    (os.makedev would even raise OverflowError for a major above 2**31)."""
+    major, minor = rdev
+    if major > mf.LINUX_MAX_MAJOR or minor > mf.LINUX_MAX_MINOR:
+        raise EntryError(f"device number {major}:{minor} is beyond Linux's "
+                         f"{mf.LINUX_MAX_MAJOR}:{mf.LINUX_MAX_MINOR}")
+    return os.makedev(major, minor)
 
 
 def _raw(oid) -> bytes:

@@ -41,19 +41,45 @@ def test_quick_benchmark_produces_all_figures(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     medians = result["medians"]
-    for system in ("native", "squashfs", "gitroot"):
+    # the libfuse 2 fallback runs side by side wherever fusepy is installed
+    assert set(medians) == {"native", "squashfs", "gitroot", "libfuse2"}
+    for system in ("native", "squashfs", "gitroot", "libfuse2"):
         for key in ("walk_cold", "walk_warm", "read_cold", "read_warm",
                     "start_cold", "start_warm"):
             assert medians[system][key] > 0, (system, key)
-    for key in ("mount_first_stat", "mount_first_stat_cold", "daemon_private_mb",
-                "daemon_private_mb_idle"):
-        assert medians["gitroot"][key] > 0, key
-    # the three systems served the same tree
+    for system in ("gitroot", "libfuse2"):
+        for key in ("mount_first_stat", "mount_first_stat_cold", "daemon_private_mb",
+                    "daemon_private_mb_idle"):
+            assert medians[system][key] > 0, (system, key)
+    assert result["variants"]["libfuse2"]["backend"] == "libfuse2"
+    # the systems served the same tree
     assert len(set(result["entries"].values())) == 1, result["entries"]
     assert len(set(result["tar_bytes"].values())) == 1, result["tar_bytes"]
     assert {t["figure"] for t in result["targets"]} == {
-        "start_warm", "walk_cold", "read_cold", "read_warm", "mount_first_stat",
-        "daemon_private_mb"}
+        "walk_cold", "walk_warm", "read_cold", "read_warm", "start_cold", "start_warm",
+        "mount_first_stat", "daemon_private_mb"}
     # the table is printed, with a verdict per target
-    assert "targets:" in proc.stdout
-    assert proc.stdout.count("MET ") + proc.stdout.count("MISS ") == 6
+    assert "targets (the gitroot column):" in proc.stdout
+    assert proc.stdout.count("MET ") + proc.stdout.count("MISS ") == 8
+
+
+def test_quick_device_benchmark_mounts_what_devices_fetched(tmp_path):
+    """--device: five signed releases fetched by git smart HTTP and by static
+    bundles (real lighttpd on 127.0.0.1), the last mounted from each device's
+    repository beside the publisher's; they must serve the same tree."""
+    if not squashfs_supported():
+        pytest.skip("the kernel has no squashfs")
+    if shutil.which("lighttpd") is None and not os.path.exists("/usr/sbin/lighttpd"):
+        pytest.skip("needs lighttpd")
+    out = tmp_path / "device.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "bench", "mount.py"), "--quick", "--device",
+         "--json", str(out), "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert set(result["medians"]) == {"native", "squashfs", "publisher", "device-http",
+                                      "device-bundle"}
+    assert len(set(result["entries"].values())) == 1, result["entries"]
+    assert len(set(result["tar_bytes"].values())) == 1, result["tar_bytes"]
+    assert "fetch seconds per release: device-http" in result["description"]

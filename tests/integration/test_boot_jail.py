@@ -8,6 +8,7 @@ a file by absolute path for every blob read afterwards.  A jailed daemon
 still serves every file; an unjailed one (the control) cannot.
 """
 
+import json
 import os
 import subprocess
 
@@ -62,8 +63,10 @@ def _mount_options(mountpoint):
     raise AssertionError(f"{path} is not mounted")
 
 
-def test_jailed_daemon_serves_after_its_repository_path_is_gone(loose_repo, tmp_path):
+def test_jailed_daemon_serves_after_its_repository_path_is_gone(loose_repo, tmp_path,
+                                                               fuse_backend, monkeypatch):
     src, medium, repo, commit = loose_repo
+    monkeypatch.setenv("GITROOT_RUN_DIR", str(tmp_path / "run"))
     jail = tmp_path / "run" / "jail"
     mnt = tmp_path / "mnt"
     # the boot path logs to /dev/kmsg, which refuses the seek of an append open
@@ -77,6 +80,12 @@ def test_jailed_daemon_serves_after_its_repository_path_is_gone(loose_repo, tmp_
             assert f.read().startswith(b"@")
         assert is_mounted(bound)
         assert "ro" in _mount_options(bound)
+        # the boot path records what serves the root, for gitroot status
+        with open(tmp_path / "run" / "mount.json") as f:
+            record = json.load(f)
+        assert (record["backend"], record["pid"], record["commit"]) == (fuse_backend, pid,
+                                                                       commit)
+        assert os.path.exists(record["library"])
         # setuid bits and device files take effect on a system root
         options = _mount_options(mnt)
         assert "nosuid" not in options and "nodev" not in options

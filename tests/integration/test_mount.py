@@ -6,6 +6,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import time
 
 import pygit2
@@ -22,6 +23,12 @@ pytestmark = [
     pytest.mark.mount,
     pytest.mark.skipif(not fuse_available(), reason="needs root, /dev/fuse and fusermount"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def every_backend(fuse_backend):
+    """Every test here runs through each FUSE back end the mount can pick."""
+    return fuse_backend
 
 
 
@@ -104,7 +111,6 @@ def test_foreground_mount(sample_commit, tmp_path):
     mp = tmp_path / "mnt"
     mp.mkdir()
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-    import sys
     proc = subprocess.Popen([sys.executable, "-m", "gitroot", "mount", "--repo", repo,
                              commit, str(mp), "--foreground"], env=env)
     try:
@@ -135,13 +141,32 @@ def test_mount_errors_are_one_clear_line(sample_commit, tmp_path, args, code, me
     assert not is_mounted(str(tmp_path / "mnt"))
 
 
-def test_mount_on_busy_mountpoint_reports_libfuse_error(sample_commit, tmp_path):
+def test_mount_on_busy_mountpoint_reports_libfuse_error(sample_commit, tmp_path, fuse_backend):
+    if fuse_backend == "libfuse3":
+        pytest.skip("libfuse 3 dropped libfuse 2's non-empty mount point check: "
+                    "the mount stacks (see test_libfuse_failure_is_one_clear_line)")
     _, repo, commit = sample_commit
     with Mount(repo, commit, tmp_path / "mnt") as m:
         proc = gitroot_cmd("mount", "--repo", repo, commit,
                            os.path.join(m.mountpoint, "etc"), check=False)
         assert proc.returncode != 0
         assert "error" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_libfuse_failure_is_one_clear_line(sample_commit, tmp_path):
+    """What libfuse itself refuses reaches the user as one line: here
+    /dev/fuse is /dev/null in a private mount namespace, so mount(2) fails."""
+    _, repo, commit = sample_commit
+    (tmp_path / "mnt").mkdir()
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    script = ('mount --bind /dev/null /dev/fuse && exec "$0" -m gitroot mount --repo "$1" '
+              '"$2" "$3"')
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script,
+                           sys.executable, repo, commit, str(tmp_path / "mnt")],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 6, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "fuse: mount failed: Invalid argument" in lines[0], proc.stderr
 
 
 def test_corrupt_blob_is_eio_through_the_mount_with_a_log_line(tmp_path):
@@ -176,6 +201,27 @@ def test_hostile_names_never_escape_through_the_mount(tmp_path):
     with Mount(repo.path, commit, tmp_path / "mnt") as m:
         assert sorted(os.listdir(m.mountpoint)) == ["ok"]
         assert not os.path.exists(os.path.join(m.mountpoint, ".git"))
+
+
+def test_one_hostile_manifest_line_costs_only_its_entry(tmp_path):
+    """A device number beyond Linux's range and a 4,100-byte name used to
+    make the root directory answer EIO or be unlistable."""
+    repo = pygit2.init_repository(str(tmp_path / "evil.git"), bare=True)
+    good = craft.blob(repo, b"hello")
+    long_name = b"n" * 4100
+    root = craft.with_manifest(
+        repo, [(go.MODE_BLOB, b"f", good), (go.MODE_BLOB, long_name, good)],
+        craft.manifest(b"evil\tc\t600\t0\t0\t1.000000000\t-\trdev=2147483648:0",
+                       b"f\tf\t644\t0\t0\t1.000000000\t5",
+                       long_name + b"\tf\t644\t0\t0\t1.000000000\t5"))
+    commit = craft.commit(repo, root)
+    with Mount(repo.path, commit, tmp_path / "mnt") as m:
+        assert sorted(os.listdir(m.mountpoint)) == ["evil", "f"]
+        with pytest.raises(OSError) as info:
+            os.stat(os.path.join(m.mountpoint, "evil"))
+        assert info.value.errno == errno.EIO
+        with open(os.path.join(m.mountpoint, "f"), "rb") as f:
+            assert f.read() == b"hello"
 
 
 @pytest.mark.slow

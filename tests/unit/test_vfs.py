@@ -392,3 +392,68 @@ def test_interleaved_reads_of_several_files(tmp_path):
                 got[name] += view.read_file(name, chunk, len(got[name]))
     assert got == contents
     assert not view._recent          # every file was read to its end
+
+
+def _hostile_dir(tmp_path, *lines):
+    repo = pygit2.init_repository(str(tmp_path / "evil.git"), bare=True)
+    good = craft.blob(repo, b"hello")
+    items = [(go.MODE_BLOB, b"f", good)]
+    root = craft.with_manifest(repo, items, craft.manifest(
+        b"dev\td\t755\t0\t0\t1.000000000\t-",
+        *lines,
+        b"f\tf\t644\t0\t0\t1.000000000\t5"))
+    return RootView(repo, craft.commit(repo, root))
+
+
+@pytest.mark.parametrize("rdev", [b"2147483648:0", b"4294967295:4294967295", b"4096:0",
+                                  b"0:1048576"])
+def test_device_number_beyond_linux_costs_only_its_entry(tmp_path, rdev):
+    """rdev=2147483648:0 is inside the manifest's range but made os.makedev
+    raise OverflowError, and the whole directory answered EIO."""
+    view = _hostile_dir(tmp_path, b"dev/evil\tc\t600\t0\t0\t1.000000000\t-\trdev=" + rdev,
+                        b"dev/null\tc\t666\t0\t0\t1.000000000\t-\trdev=1:3")
+    assert view.listdir(b"dev") == [b"evil", b"null"]
+    assert os.major(view.getattr(b"dev/null")["st_rdev"]) == 1
+    with pytest.raises(EntryError, match="beyond Linux"):
+        view.getattr(b"dev/evil")
+    assert view.read_file(b"f", 10, 0) == b"hello"
+
+
+def test_largest_linux_device_number_is_served(tmp_path):
+    view = _hostile_dir(tmp_path, b"dev/big\tb\t600\t0\t0\t1.000000000\t-\trdev=4095:1048575")
+    rdev = view.getattr(b"dev/big")["st_rdev"]
+    assert (os.major(rdev), os.minor(rdev)) == (4095, 1048575)
+
+
+def test_overlong_names_cost_only_their_entry(tmp_path):
+    """A name of over ~4 KiB made its directory unlistable through FUSE; no
+    name over NAME_MAX (255) is served, from the tree or the manifest."""
+    long_name = b"n" * 4100
+    view = _hostile_dir(tmp_path,
+                        b"dev/" + b"m" * 256 + b"\tp\t644\t0\t0\t1.000000000\t-",
+                        b"dev/" + b"k" * 255 + b"\tp\t644\t0\t0\t1.000000000\t-")
+    assert view.listdir(b"dev") == [b"k" * 255]
+    repo = view.repo
+    good = craft.blob(repo, b"hello")
+    root = craft.with_manifest(repo, [(go.MODE_BLOB, b"f", good),
+                                      (go.MODE_BLOB, long_name, good)],
+                               craft.manifest(b"f\tf\t644\t0\t0\t1.000000000\t5",
+                                              long_name + b"\tf\t644\t0\t0\t1.000000000\t5"))
+    view = RootView(repo, craft.commit(repo, root))
+    assert view.listdir(b".") == [b"f"]
+    assert view.read_file(b"f", 10, 0) == b"hello"
+
+
+@pytest.mark.parametrize("cap,value", [("MAX_ENTRIES", 3), ("MAX_MANIFEST_BYTES", 100)])
+def test_manifest_beyond_the_cap_is_refused_in_one_line(tmp_path, monkeypatch, cap, value):
+    """A 2-million-line manifest cost the daemon 2.1 GiB; beyond the
+    documented cap a commit is refused before its manifest is parsed."""
+    from gitroot.git import manifest as mf
+    repo = pygit2.init_repository(str(tmp_path / "big.git"), bare=True)
+    lines = [b"p%d\tp\t644\t0\t0\t1.000000000\t-" % i for i in range(4)]
+    commit = craft.commit(repo, craft.with_manifest(repo, [], craft.manifest(*lines)))
+    RootView(repo, commit)                   # within today's caps
+    monkeypatch.setattr(mf, cap, value)
+    with pytest.raises(ManifestError, match="more than the") as info:
+        RootView(repo, commit)
+    assert "\n" not in str(info.value)

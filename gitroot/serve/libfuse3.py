@@ -1,0 +1,204 @@
+"""The libfuse 3 back end: mfusepy (PyPI), with libfuse 3's speed features on.
+
+mfusepy speaks fusepy's API on libfuse 3 but turns none of the features on
+that make libfuse 3 faster for a tree that never changes; this adapter does,
+each one a *lever* with the figure that justifies it in docs/performance.md:
+
+``readdirplus``
+    readdir fills every entry with its full ``struct stat`` and
+    FUSE_FILL_DIR_PLUS, so libfuse answers the kernel's READDIRPLUS with
+    entries *and* attributes: a walk needs no LOOKUP per entry.
+``cache_readdir``
+    opendir sets ``cache_readdir`` and ``keep_cache``: the kernel keeps a
+    directory's listing in its page cache, and a warm walk lists no
+    directory through Python again.
+``cache_symlinks``
+    FUSE_CAP_CACHE_SYMLINKS: the kernel keeps link targets in its page
+    cache, so a warm path resolution does not READLINK again.
+``plus_always``
+    clears FUSE_CAP_READDIRPLUS_AUTO, so the kernel asks for READDIRPLUS on
+    every listing, not only once it has seen lookups follow one.
+
+``GITROOT_FUSE3_OFF=lever,...`` turns levers off, so bench/mount.py can
+measure each one on its own; it is not meant for devices.
+
+mfusepy is imported with FUSE_LIBRARY_PATH naming libfuse 3 (see LIBFUSE3)
+and refused if it still loaded another major version.
+
+Threading: libfuse calls in on its one thread (``nothreads``).
+"""
+
+import ctypes
+import errno
+import logging
+import os
+from typing import Callable, Optional, Tuple
+
+from gitroot.serve.fusefs import (ENCODING, GitrootFS, binding_version, errno_of, fill_stat,
+                                  loaded_library)
+from gitroot.serve.vfs import RootView
+
+
+#: libfuse 3's sonames, newest first (3.17 in Debian 13 is .so.4).  mfusepy
+#: is pointed at one by name (FUSE_LIBRARY_PATH): left alone it loads libfuse
+#: 2 when both are installed, and it would find the library with
+#: find_library, which runs ldconfig -p (absent from an initramfs); dlopen
+#: finds a soname through ld.so.cache.
+LIBFUSE3 = ("libfuse3.so.4", "libfuse3.so.3")
+
+
+def _libfuse3() -> str:
+    for soname in LIBFUSE3:
+        try:
+            ctypes.CDLL(soname)
+        except OSError:
+            continue
+        return soname
+    raise ImportError("libfuse 3 is not installed (" + ", ".join(LIBFUSE3) + ")")
+
+
+def _import_mfusepy():
+    soname = _libfuse3()
+    previous = os.environ.get("FUSE_LIBRARY_PATH")
+    os.environ["FUSE_LIBRARY_PATH"] = soname
+    try:
+        import mfusepy
+    finally:
+        # the boot script names libfuse 2 here for the fusepy fallback
+        if previous is None:
+            del os.environ["FUSE_LIBRARY_PATH"]
+        else:
+            os.environ["FUSE_LIBRARY_PATH"] = previous
+    if mfusepy.fuse_version_major != 3:
+        raise ImportError(f"mfusepy loaded libfuse {mfusepy.fuse_version_major}."
+                          f"{mfusepy.fuse_version_minor}, not libfuse 3")
+    return mfusepy
+
+
+mfusepy = _import_mfusepy()
+
+log = logging.getLogger(__name__)
+
+# libfuse 3's fuse_common.h and fuse.h
+FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
+FUSE_CAP_CACHE_SYMLINKS = 1 << 23
+FUSE_READDIR_PLUS = 1 << 0
+FUSE_FILL_DIR_PLUS = 1 << 1
+
+#: fuse_main's status when its loop ended with an error, incl. by a signal
+LOOP_ENDED = "8"
+
+LEVERS = ("readdirplus", "cache_readdir", "cache_symlinks", "plus_always")
+LEVERS_OFF_ENV = "GITROOT_FUSE3_OFF"
+
+
+def levers_on() -> frozenset:
+    off = {name.strip() for name in os.environ.get(LEVERS_OFF_ENV, "").split(",")}
+    return frozenset(lever for lever in LEVERS if lever not in off)
+
+
+def describe() -> Tuple[str, str]:
+    """(binding, library) for the mount's log line and record."""
+    version = f"{mfusepy.fuse_version_major}.{mfusepy.fuse_version_minor}"
+    return (f"mfusepy {binding_version('mfusepy')}, libfuse {version}",
+            loaded_library(mfusepy._libfuse._name))
+
+
+class _Operations(GitrootFS):
+
+    def opendir(self, path):
+        """Never called: its presence makes mfusepy register _FUSE.opendir."""
+        return 0
+
+
+class _FUSE(mfusepy.FUSE):
+    """mfusepy's FUSE with gitroot's error mapping, a direct getattr and
+    readdir, and the levers above."""
+
+    def __init__(self, operations: GitrootFS, mountpoint: str, levers: frozenset, **kwargs):
+        self.levers = levers
+        self.initialized = False
+        if "cache_readdir" not in levers:
+            operations.opendir = None        # left to libfuse: no trip through Python
+        try:
+            super().__init__(operations, mountpoint, **kwargs)
+        except RuntimeError as err:
+            # libfuse 3's fuse_main reports a loop ended by SIGTERM, SIGINT
+            # or SIGHUP as status 8 (libfuse 2: 0); after a mount that
+            # served, that is the normal way to stop.
+            if not (self.initialized and str(err) == LOOP_ENDED):
+                raise
+            log.info("FUSE loop ended (libfuse status %s)", err)
+
+    def _wrapper(self, func, *args, **kwargs):
+        # mfusepy's own answers EINVAL to anything but an OSError and logs
+        # every ENOENT; errors map here as for fusepy (fusefs.errno_of).
+        try:
+            return func(*args, **kwargs) or 0
+        except Exception as err:        # noqa: B902 - mapped in one place
+            return -errno_of(err, func.__name__, args)
+        except BaseException:           # noqa: B902 - SystemExit and the like: stop serving
+            log.critical("stopping FUSE after %s", func.__name__, exc_info=True)
+            mfusepy.fuse_exit()
+            return -errno.EFAULT
+
+    def init_fuse_3(self, conn, config):
+        info = conn.contents
+        want = info.want
+        if "cache_symlinks" in self.levers:
+            want |= FUSE_CAP_CACHE_SYMLINKS & info.capable
+        if "plus_always" in self.levers:
+            want &= ~FUSE_CAP_READDIRPLUS_AUTO
+        info.want = want
+        self.initialized = True
+        return super().init_fuse_3(conn, config)
+
+    def fgetattr(self, path, buf, fip):
+        ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
+        fill_stat(buf.contents, self.operations.stat(path.decode(ENCODING)))
+        return 0
+
+    def opendir(self, path, fip):
+        info = fip.contents
+        info.cache_readdir = 1      # the kernel keeps the listing ...
+        info.keep_cache = 1         # ... across opens of the directory
+        return 0
+
+    def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
+        """List a directory straight into libfuse's buffer.
+
+        With READDIRPLUS each entry carries its full stat and
+        FUSE_FILL_DIR_PLUS, so libfuse hands the kernel the attributes along
+        with the names (no LOOKUP per entry).  Otherwise mode and inode give
+        d_type and d_ino.  One stat buffer is reused: libfuse copies it
+        during each filler call.  An entry that cannot be served is listed
+        without a stat, and its lookup answers EIO.
+        """
+        entries = self.operations.listing(path.decode(ENCODING))
+        plus = FUSE_FILL_DIR_PLUS if (flags & FUSE_READDIR_PLUS
+                                      and "readdirplus" in self.levers) else 0
+        st = mfusepy.c_stat()
+        filler(buf, b".", None, 0, 0)
+        filler(buf, b"..", None, 0, 0)
+        for name, stat in entries:
+            if stat is None:
+                if filler(buf, name, None, 0, 0):
+                    break
+                continue
+            if plus:
+                fill_stat(st, stat)
+            else:
+                st.st_mode = stat[0]
+                st.st_ino = stat[1]
+            if filler(buf, name, st, 0, plus):
+                break
+        return 0
+
+
+def serve(view: RootView, on_ready: Optional[Callable[[], None]], mountpoint: str,
+          options: dict, debug: bool) -> None:
+    """Serve *view* at *mountpoint* until unmounted (blocks)."""
+    levers = levers_on()
+    log.debug("libfuse 3 levers on: %s", ", ".join(sorted(levers)) or "none")
+    _FUSE(_Operations(view, on_ready), mountpoint, levers, foreground=True, nothreads=True,
+          encoding=ENCODING, debug=debug, **options)
