@@ -3,8 +3,10 @@
 import argparse
 
 from gitroot.cli.device_args import add_device_arguments
+from gitroot.boot.persist import prune_etc
 from gitroot.device.context import device_from_args
 from gitroot.device.gc import collect_garbage
+from gitroot.device.persistence import layout_for
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +25,9 @@ def run(args: argparse.Namespace) -> int:
     # A running fetch's new pack has no ref yet: gc must not prune it.
     with store.locked(blocking=False, name=FETCH_LOCK_FILE), store.locked():
         kept = collect_garbage(store, device.repo, args.keep, args.booted)
+        dropped = prune_etc(layout_for(device.state_dir), set(kept.commits))
     print(f"kept {len(kept.commits)} releases: " + ", ".join(
         f"{c[:12]} ({', '.join(kept.reasons[c])})" for c in kept.commits))
+    if dropped:
+        print(f"dropped the kept /etc of {len(dropped)} pruned releases")
     return 0

@@ -69,6 +69,8 @@ def collect(device: Device, verify: bool = True) -> dict:
                                      "files_changed": d.changed, "bytes": d.bytes}
         except GitrootError as err:
             out["pending_update"] = {"error": str(err)}
+    from gitroot.device.persistence import collect as persistence
+    out["persistence"] = persistence(device.state_dir, (booted or {}).get("commit"))
     if verify:
         for name in ("trial", "last_good"):
             commit = state.trial.commit if name == "trial" and state.trial else \

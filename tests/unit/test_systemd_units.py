@@ -32,6 +32,7 @@ def test_units_run_the_right_verbs():
             return re.search(r"^ExecStart=(.*)$", f.read(), re.M).group(1)
     assert exec_start("gitroot-fetch.service") == "/usr/bin/gitroot fetch"
     assert exec_start("gitroot-mark-good.service") == "/usr/bin/gitroot mark-good"
+    assert exec_start("gitroot-migrate.service") == "/usr/bin/gitroot migrate"
     with open(os.path.join(UNITS, "gitroot-fetch.timer")) as f:
         assert "OnUnitActiveSec=" in f.read()
 
