@@ -187,6 +187,10 @@ VARIANTS = {
     "no-readahead": ({"GITROOT_FUSE": "libfuse3"}, 128),    # the kernel's default
     "no-levers": ({"GITROOT_FUSE": "libfuse3", "GITROOT_FUSE3_OFF": ",".join(LEVERS)}, 128),
     "before": ({}, None),                                    # code from --before
+    # bench/pyfuse3_prototype.py: the view through pyfuse3 (low-level API);
+    # $GITROOT_BENCH_PYFUSE3_PATH may name a directory holding pyfuse3 and
+    # trio for an interpreter that lacks them (e.g. links into Debian's)
+    "pyfuse3-proto": ({}, None),
 }
 for _lever in LEVERS:
     VARIANTS["no-" + _lever] = ({"GITROOT_FUSE": "libfuse3", "GITROOT_FUSE3_OFF": _lever},
@@ -208,6 +212,13 @@ class Gitroot:
         self.code = code            # run from there: "python -m" puts the cwd first
         self.env = dict(os.environ, PYTHONPATH=code, **extra)
         self.backend = None         # from the mount's record (None: code without one)
+        self.command = [python, "-m", "gitroot", "mount"]
+        if variant == "pyfuse3-proto":
+            self.command = [python, os.path.join(code, "bench", "pyfuse3_prototype.py")]
+            extra_path = os.environ.get("GITROOT_BENCH_PYFUSE3_PATH")
+            if extra_path:
+                self.env["PYTHONPATH"] = code + os.pathsep + extra_path
+            self.backend = "pyfuse3 (prototype)"
 
     def mount(self) -> float:
         """Mount; seconds from starting ``gitroot mount`` to a successful stat."""
@@ -215,8 +226,8 @@ class Gitroot:
         target = os.path.join(self.mountpoint, self.probe)
         record = self.mountpoint + ".json"
         start = time.perf_counter()
-        run([self.python, "-m", "gitroot", "mount", "--repo", self.repo, self.rev,
-             self.mountpoint, "--pid-file", pid_file]
+        run(self.command + ["--repo", self.repo, self.rev, self.mountpoint, "--pid-file",
+                            pid_file]
             + (["--record", record] if self.supports_record() else []), env=self.env,
             cwd=self.code)
         while True:
@@ -242,6 +253,8 @@ class Gitroot:
         return elapsed
 
     def supports_record(self) -> bool:
+        if self.command[1] != "-m":
+            return False
         if not hasattr(self, "_record"):
             proc = subprocess.run([self.python, "-m", "gitroot", "mount", "--help"],
                                   env=self.env, capture_output=True, text=True, cwd=self.code)

@@ -35,6 +35,14 @@ RECORD_HEAD = struct.Struct(">20s20sQQQQ")
 #: the old file's size in memory on the publisher, and the device holds the
 #: old file, the new one and the delta in memory at once.
 MAX_DELTA_FILE = 64 << 20
+def max_control(size: int) -> int:
+    """The longest control stream a delta rebuilding *size* bytes may have:
+    one triple per 16 bytes rebuilt (bsdiff writes one per matched region,
+    in practice one per few hundred bytes), so that a hostile record cannot
+    make the device hold 24 bytes of control for every byte it rebuilds."""
+    return 24 * (size // 16 + 16)
+
+
 #: The add step works on slices of this many bytes, so its temporary
 #: integers stay small whatever the file size.
 ADD_SLICE = 1 << 20
@@ -196,7 +204,7 @@ def iter_records(read, max_size: int = MAX_DELTA_FILE) -> Iterator[FileDelta]:
         if len(head) != RECORD_HEAD.size:
             raise DeltaError("truncated delta record")
         target, base, size, control_len, diff_len, extra_len = RECORD_HEAD.unpack(head)
-        if size > max_size or control_len > 24 * (size + 1) or diff_len > size \
+        if size > max_size or control_len > max_control(size) or diff_len > size \
                 or extra_len > size:
             raise DeltaError(f"delta record for {target.hex()[:12]} is larger than the "
                              f"{max_size} bytes a delta may rebuild")

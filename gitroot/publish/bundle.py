@@ -42,7 +42,7 @@ from gitroot.git.bundle import (BUNDLE_SIGNATURE, BUNDLE_SUFFIX, CHUNK, DELTA_FO
                                 read_compressed_header)
 from gitroot.git.command import failure_summary, run_git
 from gitroot.git.filedelta import (MAX_DELTA_FILE, PACK_TAG, FileDelta, apply_delta, blob_id,
-                                   from_bsdiff)
+                                   from_bsdiff, max_control)
 from gitroot.git.refs import branch_name_problem
 from gitroot.git.repository import open_repo, resolve_commit
 
@@ -210,19 +210,6 @@ def create_bundle(repo_path: str, to_rev: str, output: str, *,
 
 # -- making a delta bundle -------------------------------------------------
 
-@dataclass(frozen=True)
-class DeltaChoice:
-    """Why one changed file travels as a delta or in the pack."""
-
-    path: str
-    new_size: int
-    delta_size: int
-    """``bsdiff``'s own (bzip2-compressed) output: what the delta costs."""
-    pack_estimate: int
-    """What the new file would cost in the pack (0 when not estimated)."""
-    chosen: bool
-
-
 def _changed_in_place(repo_path: str, span: _Span) -> List[Tuple[str, str, str]]:
     """(path, old blob, new blob) of regular files whose content changed at
     the same path (mode changes alone are not content changes)."""
@@ -274,14 +261,11 @@ def _pack_estimate(old: bytes, new: bytes) -> int:
     return max(0, packed(old + new) - packed(old))
 
 
-def plan_deltas(repo_path: str, span: _Span, wanted: set, workdir: str,
-                choices: Optional[List[DeltaChoice]] = None) -> List[FileDelta]:
+def plan_deltas(repo_path: str, span: _Span, wanted: set, workdir: str) -> List[FileDelta]:
     """The per-file deltas of a delta bundle: for each file changed at the
     same path whose new blob travels (*wanted*), a bsdiff delta when it is
     smaller than the file would be in the pack."""
-    import pygit2
-
-    repo = pygit2.Repository(repo_path)
+    repo = open_repo(repo_path)
     deltas: List[FileDelta] = []
     done: set = set()
     for path, old_oid, new_oid in _changed_in_place(repo_path, span):
@@ -293,12 +277,11 @@ def plan_deltas(repo_path: str, span: _Span, wanted: set, workdir: str,
         patch = _bsdiff(old, new, workdir)
         # A patch this small cannot lose much to the pack: skip the estimate.
         estimate = 0 if len(patch) <= OBVIOUS_DELTA else _pack_estimate(old, new)
-        chosen = estimate == 0 or len(patch) < estimate
-        if choices is not None:
-            choices.append(DeltaChoice(path, len(new), len(patch), estimate, chosen))
-        if not chosen:
+        if estimate and len(patch) >= estimate:
             continue
         delta = from_bsdiff(patch, new_oid, old_oid)
+        if len(delta.control) > max_control(delta.size):
+            continue   # devices refuse a control stream this long (filedelta)
         # Never publish a delta the device could not turn back into the blob.
         if blob_id(apply_delta(old, delta)) != new_oid:
             raise PublishError(f"bsdiff made a delta for {path} that does not rebuild it")
@@ -309,15 +292,13 @@ def plan_deltas(repo_path: str, span: _Span, wanted: set, workdir: str,
 
 def create_delta_bundle(repo_path: str, to_rev: str, output: str, *, from_rev: str,
                         branch: Optional[str] = None, window: int = PACK_WINDOW,
-                        depth: int = PACK_DEPTH,
-                        choices: Optional[List[DeltaChoice]] = None) -> BundleEntry:
+                        depth: int = PACK_DEPTH) -> BundleEntry:
     """Write the delta bundle of *from_rev*..*to_rev* to *output* (format in
     :mod:`gitroot.git.bundle` and :mod:`gitroot.git.filedelta`).
 
     Files changed at the same path travel as bsdiff deltas against their
     old blob where that is smaller; every other object of ``FROM..TO``
-    travels in a thin pack, as in :func:`create_bundle`.  *choices*, if
-    given, receives one :class:`DeltaChoice` per file considered.
+    travels in a thin pack, as in :func:`create_bundle`.
     """
     if not from_rev:
         raise UsageError("a delta bundle needs --from: it carries changes to a release")
@@ -329,7 +310,7 @@ def create_delta_bundle(repo_path: str, to_rev: str, output: str, *, from_rev: s
                               f"{failure_summary(listed.stderr, listed.returncode)}")
     wanted = {line[:40].decode() for line in listed.stdout.split(b"\n") if line}
     with tempfile.TemporaryDirectory(prefix="gitroot-bsdiff-") as workdir:
-        deltas = plan_deltas(repo_path, span, wanted, workdir, choices)
+        deltas = plan_deltas(repo_path, span, wanted, workdir)
     # The pack gets every object of FROM..TO but the rebuilt blobs: a
     # negative blob is left out of the walk as FROM's objects are.
     revs = f"{span.to_commit}\n^{span.from_commit}\n" + "".join(

@@ -30,6 +30,7 @@ Threading: libfuse calls in on its one thread (``nothreads``).
 
 import ctypes
 import errno
+import itertools
 import logging
 import os
 from typing import Callable, Optional, Tuple
@@ -169,7 +170,11 @@ class _FUSE(mfusepy.FUSE):
 
         With READDIRPLUS each entry carries its full stat and
         FUSE_FILL_DIR_PLUS, so libfuse hands the kernel the attributes along
-        with the names (no LOOKUP per entry).  Otherwise mode and inode give
+        with the names (no LOOKUP per entry).  Entries are given offsets
+        (their position + 1): libfuse up to 3.15 sends inode 0 -- "ignore
+        these attributes" -- for every entry filled with offset 0, so plus
+        only works in this mode; the kernel then asks again from the offset
+        where a full buffer stopped.  Without plus, mode and inode give
         d_type and d_ino.  One stat buffer is reused: libfuse copies it
         during each filler call.  An entry that cannot be served is listed
         without a stat, and its lookup answers EIO.
@@ -178,11 +183,15 @@ class _FUSE(mfusepy.FUSE):
         plus = FUSE_FILL_DIR_PLUS if (flags & FUSE_READDIR_PLUS
                                       and "readdirplus" in self.levers) else 0
         st = mfusepy.c_stat()
-        filler(buf, b".", None, 0, 0)
-        filler(buf, b"..", None, 0, 0)
-        for name, stat in entries:
+        position = offset
+        if offset < 1 and filler(buf, b".", None, 1, 0):
+            return 0
+        if offset < 2 and filler(buf, b"..", None, 2, 0):
+            return 0
+        for name, stat in itertools.islice(entries, max(0, offset - 2), None):
+            position = max(position, 2) + 1
             if stat is None:
-                if filler(buf, name, None, 0, 0):
+                if filler(buf, name, None, position, 0):
                     break
                 continue
             if plus:
@@ -190,7 +199,7 @@ class _FUSE(mfusepy.FUSE):
             else:
                 st.st_mode = stat[0]
                 st.st_ino = stat[1]
-            if filler(buf, name, st, 0, plus):
+            if filler(buf, name, st, position, plus):
                 break
         return 0
 

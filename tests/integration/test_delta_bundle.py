@@ -83,7 +83,6 @@ def program(seed: int, size: int, rebuilt: bool = False) -> bytes:
 
 
 def write_v1(root: Path) -> None:
-    rng = random.Random(1)
     for sub in ("usr/bin", "usr/lib", "etc", "var/lib"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "usr/bin/tool").write_bytes(program(10, 300_000))
@@ -220,7 +219,11 @@ def test_publish_offers_both_formats_and_new_devices_take_the_smaller(
     gitroot_cmd("bundle", "--repo", source, "--from", v1, "--to", BRANCH, "--delta",
                 "--publish", root)
     index = json.loads((root / "index.json").read_text())
+    # what devices older than delta bundles read is unchanged: the format
+    # name, and under "bundles" only git bundles
+    assert index["format"] == "gitroot-bundles/1"
     (git_entry,), (delta_entry,) = index["bundles"], index["delta-bundles"]
+    assert unpack(root / git_entry["file"]).startswith(b"# v2 git bundle\n")
     assert delta_entry["size"] < git_entry["size"]
     assert git_entry["unpacked"] == len(unpack(root / git_entry["file"]))
     device = device_with(tmp_path / "device.git", source, v1)
@@ -228,6 +231,14 @@ def test_publish_offers_both_formats_and_new_devices_take_the_smaller(
     assert fetch_static(static_http_server.url, str(device), BRANCH, [v1],
                         str(tmp_path / "dl"), progress=seen.append) == v2
     assert {p.file for p in seen if p.phase == "download"} == {delta_entry["file"]}
+
+
+def test_delta_needs_from(two_releases, tmp_path):
+    source, v1, v2 = two_releases
+    proc = gitroot_cmd("bundle", "--repo", source, "--to", v2, "--branch", BRANCH, "--delta",
+                       "-o", tmp_path / "x.delta.xz", check=False)
+    assert proc.returncode == 2 and "--delta needs --from" in proc.stderr
+    assert not (tmp_path / "x.delta.xz").exists()
 
 
 # -- refusals ----------------------------------------------------------------
@@ -398,3 +409,44 @@ def test_a_bomb_behind_a_good_header_stops_at_the_declared_size(
     assert max(sizes) <= limit < ZEROS // 4
     assert (refs(device), objects(device)) == before
     assert not [p for p in (tmp_path / "dl").iterdir() if not p.name.endswith(".xz")]
+
+
+def test_a_device_without_the_base_commit_writes_nothing(two_releases, tmp_path):
+    """Handed a v1..v2 delta bundle while lacking v1 (install_bundle, the step
+    after the download): refused before anything is unpacked or stored."""
+    from gitroot.device.static import install_bundle
+    from gitroot.git.bundle import DELTA_FORMAT, BundleEntry
+
+    source, v1, v2 = two_releases
+    path = tmp_path / "v1-v2.delta.xz"
+    gitroot_cmd("bundle", "--repo", source, "--from", v1, "--to", v2, "--branch", BRANCH,
+                "--delta", "-o", path)
+    device = tmp_path / "empty.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(device)], check=True)
+    entry = BundleEntry(BRANCH, v1, v2, path.name, path.stat().st_size, "0" * 64,
+                        None, DELTA_FORMAT)
+    with pytest.raises(FetchError, match="which this device does not have; nothing was"):
+        install_bundle(str(device), str(path), entry)
+    assert objects(device) == set() and refs(device) == {}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("v1-v2")) == [
+        path.name]                                       # nothing unpacked beside it
+
+
+def test_an_interrupted_delta_bundle_download_resumes(two_releases, static_http_server,
+                                                      tmp_path):
+    """Half of the delta bundle already in ``.part`` (an earlier interrupted
+    fetch): the device asks for the rest with Range, and the result is exact."""
+    source, v1, v2 = two_releases
+    root = static_http_server.document_root
+    entry = publish_delta_only(source, root, v1, v2)["delta-bundles"][0]
+    workdir = tmp_path / "dl"
+    workdir.mkdir()
+    data = (root / entry["file"]).read_bytes()
+    (workdir / f"{entry['sha256']}.bundle.xz.part").write_bytes(data[:len(data) // 2])
+    device = device_with(tmp_path / "device.git", source, v1)
+    assert fetch_static(static_http_server.url, str(device), BRANCH, [v1], str(workdir)) == v2
+    git(device, "fsck", "--strict", "--no-dangling")
+    static_http_server.stop()
+    log = (static_http_server.workdir / "access.log").read_text()
+    assert '" 206 ' in log and entry["file"] in log
+    assert list(workdir.iterdir()) == []

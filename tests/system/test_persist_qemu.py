@@ -11,7 +11,7 @@ configuration that trusts their key:
   x=2 in conflict.conf (which the device changes too), a new motd, and the
   migration ``20250101000000-two`` (up and down append to a log under /var).
 
-One disk, four boots, each driven by ``gitroot.test=STEP`` on the kernel
+One disk, four boots, each driven by ``persisttest=STEP`` on the kernel
 command line (the init does what a user and the systemd units would do):
 
 1. ``first`` (release 1): write a file under /var, change a=10 and x=9 in
@@ -61,7 +61,7 @@ INIT = r"""#!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 say() { echo "GITROOT-TEST: $*"; }
 g() { python3 -m gitroot "$@" 2>&1 | tr '\n' ' '; }
-step=$(sed -n 's/.*gitroot\.test=\([a-z]*\).*/\1/p' /proc/cmdline)
+step=$(sed -n 's/.*persisttest=\([a-z]*\).*/\1/p' /proc/cmdline)
 say "step $step"
 say "booted $(cat /run/gitroot/booted)"
 say "machine-id $(cat /etc/machine-id)"
@@ -236,10 +236,12 @@ def built():
 
 def _boot(built, image, tmp_path, step, extra=""):
     serial, elapsed = boot(built, image, tmp_path / f"serial-{step}.log",
-                           f"gitroot.test={step} {extra}".strip())
+                           f"persisttest={step} {extra}".strip())
     print(f"boot {step} took {elapsed:.1f} s under TCG")
     got = reports(serial)
     assert got.get("step") == step and "done" in got, serial[-5000:]
+    assert "unknown kernel command line option" not in serial
+    assert "Traceback" not in serial, serial[-5000:]
     return got, serial
 
 

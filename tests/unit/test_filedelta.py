@@ -57,7 +57,7 @@ def test_old_bytes_outside_the_file_read_as_zero():
 def test_slices_longer_than_one_add_step():
     rng = random.Random(3)
     size = ADD_SLICE * 2 + 5
-    old = bytes(rng.getrandbits(8) for _ in range(size))
+    old = rng.randbytes(size)
     diff = bytearray(size)
     diff[ADD_SLICE + 1] = 3
     new = apply_delta(old, delta(size, [(size, 0, 0)], bytes(diff), b""))
@@ -98,6 +98,7 @@ def test_records_round_trip_and_stop_at_the_pack():
     (delta(9, [(9, 0, 0)], bytes(9), b"").record()[:-3], "truncated"),
     (FileDelta("1" * 40, "2" * 40, 1 << 40, b"", b"", b"").record(), "larger than"),
     (FileDelta("1" * 40, "2" * 40, 10, b"", bytes(11), b"").record(), "larger than"),
+    (FileDelta("1" * 40, "2" * 40, 10, bytes(24 * 17), b"", b"").record(), "larger than"),
 ])
 def test_hostile_records(data, match):
     with pytest.raises(DeltaError, match=match):
