@@ -429,8 +429,9 @@ class Boot:
     def reports(self) -> Dict[str, str]:
         out: Dict[str, str] = {}
         for _, line in self.lines:
-            if line.startswith(MARK):
-                key, _, value = line[len(MARK):].strip().partition(" ")
+            if MARK in line:
+                # a getty's prompt may come first on the same line
+                key, _, value = line[line.index(MARK) + len(MARK):].strip().partition(" ")
                 if key == "status-line":
                     out["status-text"] = out.get("status-text", "") + value + "\n"
                 else:
