@@ -62,13 +62,9 @@ RUNTIME_PACKAGES: Tuple[Tuple[str, str], ...] = (
 # systemd's shutdown, see docs/boot.md): without DefaultDependencies=no,
 # systemd tries to unmount each at shutdown, fails, and prints FAILED.
 # systemd-shutdown remounts what is left read-only at the very end.
-# The persistent paths (gitroot.boot.persist's defaults) and /etc are
-# mounted by the initramfs over the medium too: /var stays busy (the journal)
-# until systemd-shutdown, which remounts it read-only and syncs.
 KEPT_MOUNTS = ("run-gitroot-medium.mount", "run-gitroot-lower.mount",
                "run-gitroot-overlay.mount", "run-gitroot-jail.mount",
-               "run-gitroot-jail-run-gitroot-medium-gitroot-repo.git.mount",
-               "etc.mount", "var.mount", "home.mount", "root.mount", "srv.mount")
+               "run-gitroot-jail-run-gitroot-medium-gitroot-repo.git.mount")
 KEPT_MOUNT_DROPIN = """\
 # Installed by gitroot install-image.  The FUSE daemon that serves the root
 # keeps this mount busy until power-off; stopping it at shutdown can only
