@@ -66,6 +66,19 @@ class PublishError(GitrootError):
     exit_code = 12
 
 
+class PersistError(GitrootError):
+    """The device's persistent data (its /etc per release, the persistence
+    directory, the release's persistence file) cannot be read or written."""
+
+    exit_code = 14
+
+
+class MigrationError(GitrootError):
+    """A data migration could not run or failed; the release is not marked good."""
+
+    exit_code = 15
+
+
 class CmdlineError(UsageError):
     """The kernel command line holds a malformed gitroot option."""
 
@@ -166,10 +179,12 @@ EXIT_CODES = {
     6: "mount: FUSE could not be set up",
     7: "corrupt object: missing from the store or not hashing to its id",
     8: "state: state.json, its locks or its refs cannot be read or written",
-    9: "fetch failed (network, server, disk); nothing was pinned",
+    9: "fetch failed (network, server, disk, deadline); nothing was pinned",
     10: "release refused (downgrade, age, channel); nothing was pinned",
     11: "a program gitroot runs (git, gpgv, ssh-keygen) is not installed",
     12: "publishing: a bundle or an index could not be written",
+    14: "persistent data: the /etc merge or the persistence directory failed",
+    15: "a data migration failed, or could not run (the release is not marked good)",
     20: "signature check failed (generic)",
     21: "no signature",
     22: "bad signature (content or signature altered)",

@@ -23,7 +23,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 from gitroot import atomic
 from gitroot.errors import StateError
@@ -38,6 +38,8 @@ DEFAULT_RUN_DIR = "/run/gitroot"
 REF_LAST_GOOD = "refs/gitroot/last-good"
 REF_PREVIOUS_GOOD = "refs/gitroot/previous-good"
 REF_TRIAL = "refs/gitroot/trial"
+REF_PREFIX = "refs/gitroot/"
+REF_INCOMING = "refs/gitroot/incoming/"
 MAX_TRIES = 100
 MAX_STATE_BYTES = 1 << 20
 
@@ -58,6 +60,9 @@ class FetchRecord:
     commit: Optional[str] = None
     branch: Optional[str] = None
     verdict: Optional[str] = None
+    #: what went wrong on the way without stopping the fetch (an ignored
+    #: remote document, a release let through by a lax policy)
+    warnings: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,7 @@ def _typed_field(data: dict, key: str, kind, where: str, default=None):
 
 
 _KIND_NAMES = {bool: "boolean", int: "whole number", float: "number", str: "string",
-               dict: "JSON object", (int, float): "number"}
+               dict: "JSON object", list: "JSON list", (int, float): "number"}
 
 
 def _commit_field(data: dict, key: str, where: str) -> Optional[str]:
@@ -140,7 +145,15 @@ def _fetch_field(data: dict, key: str, where: str) -> Optional["FetchRecord"]:
                        message=_typed_field(raw, "message", str, name, "") or "",
                        commit=_commit_field(raw, "commit", name),
                        branch=_typed_field(raw, "branch", str, name),
-                       verdict=_typed_field(raw, "verdict", str, name))
+                       verdict=_typed_field(raw, "verdict", str, name),
+                       warnings=_warnings_field(raw, "warnings", name))
+
+
+def _warnings_field(data: dict, key: str, where: str) -> Tuple[str, ...]:
+    value = _typed_field(data, key, list, where, [])
+    if not all(isinstance(item, str) for item in value):
+        raise StateError(f"{where}: {key} is not a list of strings")
+    return tuple(value)
 
 
 class StateStore:
@@ -169,6 +182,29 @@ class StateStore:
         except UnicodeDecodeError:
             raise StateError(f"{self.path}: not a gitroot state file (not UTF-8)") from None
         return State.from_json(text, self.path)
+
+    def load_or_recover(self) -> Tuple[State, Optional[str]]:
+        """The state, or -- when the file cannot be read -- one rebuilt from
+        the refs (:meth:`recover`) and the reason, so a state-changing verb
+        repairs the file by saving instead of failing for ever."""
+        try:
+            return self.load(), None
+        except StateError as err:
+            return self.recover(), str(err)
+
+    def recover(self) -> State:
+        """A state rebuilt from the refs that protect the pinned releases.
+
+        Last good and previous good come from their refs when those name a
+        commit in the repository.  A trial is not rebuilt: how many tries it
+        had left is lost, and booting an untried release on a guess is the
+        wrong way to err.  Upgrades are not held.
+        """
+        if self.repo is None:
+            return State()
+        named = dict(_gitroot_refs(self.repo))
+        return State(last_good=named.get(REF_LAST_GOOD),
+                     previous_good=named.get(REF_PREVIOUS_GOOD))
 
     @contextlib.contextmanager
     def locked(self, blocking: bool = True, name: str = LOCK_FILE) -> Iterator[None]:
@@ -247,6 +283,54 @@ class StateStore:
         except FileNotFoundError:
             pass
         return out
+
+
+def _gitroot_refs(repo) -> List[Tuple[str, str]]:
+    """(ref, commit) for every ``refs/gitroot/*`` ref naming a commit that is
+    present, except ``incoming/`` (fetched, not yet checked)."""
+    import pygit2
+    out = []
+    for name in repo.references:
+        if not name.startswith(REF_PREFIX) or name.startswith(REF_INCOMING):
+            continue
+        try:
+            target = repo.references[name].resolve().target
+            commit = repo.get(target)
+        except (KeyError, ValueError, pygit2.GitError):
+            continue
+        if isinstance(commit, pygit2.Commit):
+            out.append((name, str(commit.id)))
+    return out
+
+
+def releases_named_by_refs(repo) -> List[str]:
+    """The releases ``refs/gitroot/*`` name (not ``incoming/``), newest
+    (by committer time) first: the boot path's last resort."""
+    commits = {commit for _ref, commit in _gitroot_refs(repo)}
+    return sorted(commits, key=lambda c: (-repo.get(c).commit_time, c))
+
+
+def bootable(repo, commit: str) -> bool:
+    """Whether *commit* is in the repository with its root tree: what a
+    boot needs before trying to mount it (a failed mount is the boot
+    script's to report)."""
+    import pygit2
+    if not is_full_object_id(commit):
+        try:
+            obj = repo.revparse_single(commit)
+        except (KeyError, ValueError, pygit2.GitError):
+            return False
+    else:
+        try:
+            obj = repo.get(commit)
+        except (ValueError, pygit2.GitError):
+            return False
+    if not isinstance(obj, pygit2.Commit):
+        return False
+    try:
+        return obj.tree_id in repo.odb and repo.get(obj.tree_id) is not None
+    except (KeyError, ValueError, pygit2.GitError):
+        return False
 
 
 def run_dir() -> str:

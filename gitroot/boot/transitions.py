@@ -11,13 +11,14 @@ around load -> transition -> save.
 1. ``update-revision=REV`` on the kernel command line: boot REV (debug pin;
    no try is consumed, nothing is recorded as good).
 2. A trial with tries left: consume one try, boot it.
-3. A trial with no tries left: abandon it (it never reached mark-good), boot
-   the last good release.
-4. Otherwise the last good release.
+3. A trial with no tries left, or one that cannot be booted: abandon it
+   (it never reached mark-good).
+4. The first of these that can be booted: the last good release, the
+   previous good release, the newest release ``refs/gitroot/*`` names.
 """
 
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 from gitroot.boot.state import State, Trial
 from gitroot.errors import StateError, UsageError
@@ -26,6 +27,8 @@ from gitroot.errors import StateError, UsageError
 REASON_DEBUG_PIN = "debug-pin"
 REASON_TRIAL = "trial"
 REASON_LAST_GOOD = "last-good"
+REASON_PREVIOUS_GOOD = "previous-good"
+REASON_FALLBACK = "fallback"
 
 
 @dataclass(frozen=True)
@@ -36,32 +39,61 @@ class BootChoice:
     state: State                # the state after this choice (a try consumed)
 
 
-def choose_boot(state: State, update_revision: Optional[str], now: float) -> BootChoice:
-    """What to boot, and the state that results."""
+def _always(commit: str) -> bool:
+    return True
+
+
+def choose_boot(state: State, update_revision: Optional[str], now: float,
+                usable: Callable[[str], bool] = _always,
+                named_by_refs: Sequence[str] = ()) -> BootChoice:
+    """What to boot, and the state that results.
+
+    *usable* says whether a commit can be booted at all (present in the
+    repository; the boot path also leaves out what it already failed to
+    mount).  *named_by_refs* are the releases ``refs/gitroot/*`` name,
+    newest first: the last resort when the state names nothing usable (a
+    lost or damaged state file, a last good release whose objects are gone).
+    """
     if update_revision:
         return BootChoice(update_revision, REASON_DEBUG_PIN,
                           "update-revision= on the kernel command line", state)
     trial = state.trial
-    if trial is not None and trial.tries_left > 0:
+    if trial is not None and trial.tries_left > 0 and usable(trial.commit):
         left = trial.tries_left - 1
         new = replace(state, trial=replace(trial, tries_left=left))
         return BootChoice(trial.commit, REASON_TRIAL,
                           f"trial, try {trial.tries - left} of {trial.tries}", new)
     if trial is not None:
         state = replace(state, trial=None, abandoned=trial)
-        detail = (f"trial {trial.commit[:12]} abandoned after {trial.tries} tries "
-                  "without being marked good")
+        if trial.tries_left > 0:
+            detail = f"trial {trial.commit[:12]} cannot be booted (missing) and was abandoned"
+        else:
+            detail = (f"trial {trial.commit[:12]} abandoned after {trial.tries} tries "
+                      "without being marked good")
     else:
-        detail = "last good release"
-    if state.last_good is None:
-        raise StateError("nothing to boot: no trial with tries left and no last good release")
-    return BootChoice(state.last_good, REASON_LAST_GOOD, detail, state)
+        detail = ""
+    for commit, reason, what in ((state.last_good, REASON_LAST_GOOD, "last good release"),
+                                 (state.previous_good, REASON_PREVIOUS_GOOD,
+                                  "previous good release")):
+        if commit is not None and usable(commit):
+            if reason != REASON_LAST_GOOD:
+                what += f" (last good {(state.last_good or '-')[:12]} cannot be booted)"
+            return BootChoice(commit, reason, f"{detail}; {what}" if detail else what, state)
+    for commit in named_by_refs:
+        if usable(commit):
+            what = "newest release named by refs/gitroot/ (the state names nothing bootable)"
+            return BootChoice(commit, REASON_FALLBACK,
+                              f"{detail}; {what}" if detail else what, state)
+    raise StateError("nothing to boot: no trial with tries left, and no last good, previous "
+                     "good or other release named by refs/gitroot/ that can be booted")
 
 
-def next_boot(state: State, update_revision: Optional[str], now: float) -> Optional[BootChoice]:
+def next_boot(state: State, update_revision: Optional[str], now: float,
+              usable: Callable[[str], bool] = _always,
+              named_by_refs: Sequence[str] = ()) -> Optional[BootChoice]:
     """What the next boot would choose (None: nothing bootable)."""
     try:
-        return choose_boot(state, update_revision, now)
+        return choose_boot(state, update_revision, now, usable, named_by_refs)
     except StateError:
         return None
 

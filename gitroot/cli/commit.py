@@ -1,4 +1,8 @@
-"""gitroot commit SRC --repo REPO --branch BRANCH [-m MESSAGE]"""
+"""gitroot commit SRC --repo REPO --branch BRANCH [--channel C]... [-m MESSAGE]
+
+The message gets one ``Gitroot-Channel:`` trailer for BRANCH and each
+``--channel``: the channel binding a device checks (gitroot.signing.channel).
+"""
 
 import argparse
 import logging
@@ -15,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bare repository (created if missing)")
     parser.add_argument("--branch", required=True, help="branch to commit on")
     parser.add_argument("-m", "--message", default=None, help="commit message")
+    parser.add_argument("--channel", action="append", default=[], metavar="BRANCH",
+                        help="also bind the release to this channel (repeatable): devices "
+                        "following it accept the release once that branch points at it "
+                        "(promotion, docs/server.md)")
     parser.add_argument("--sign-key", metavar="KEY",
                         help="sign the commit: an SSH private key file, or an OpenPGP "
                         "key id or fingerprint")
@@ -24,7 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    message = args.message or f"gitroot commit of {args.source}"
+    from gitroot.errors import UsageError
+    from gitroot.signing.channel import BindingError, bind_message
+    try:
+        message = bind_message(args.message or f"gitroot commit of {args.source}",
+                               [args.branch] + args.channel)
+    except BindingError as err:
+        raise UsageError(str(err)) from None
     signer = None
     if args.sign_key:
         from gitroot.signing.sign import make_signer

@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "ending in /")
     parser.add_argument("--branch", help="branch to follow (overrides every other source)")
     parser.add_argument("--allow-downgrade", action="store_true",
-                        help="accept a release that is not a descendant of the current one")
+                        help="accept a release that is not a descendant of the current one "
+                        "or older than max_signature_age (only here, on the device: no "
+                        "server or remote document can lift these rules)")
     parser.add_argument("--reboot", action="store_true",
                         help="reboot when a new release was pinned")
     parser.add_argument("--progress", action="store_true", default=None,
@@ -29,6 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gitroot.device.deadline import Terminated, terminate_on_sigterm
+
+    terminate_on_sigterm()      # a fetch records "failed" before it goes
+    try:
+        return _fetch(args)
+    except Terminated as err:
+        log.error("%s", err)
+        return 143              # 128 + SIGTERM, as if the signal had killed us
+
+
+def _fetch(args: argparse.Namespace) -> int:
     from gitroot.device.fetch import Fetcher, reboot, record_skipped
     from gitroot.device.settings import device_settings, fetch_settings
     from gitroot.git.repository import open_or_init_bare

@@ -1,11 +1,14 @@
 """gitroot mark-good: the booted trial becomes the last good release."""
 
 import argparse
+import logging
 
 from gitroot.cli.device_args import add_device_arguments
 from gitroot.device.context import device_from_args
 from gitroot.boot.state import booted_commit
 from gitroot.boot.transitions import mark_good
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,12 +21,25 @@ def run(args: argparse.Namespace) -> int:
     device = device_from_args(args)
     store = device.store()
     with store.locked():
-        state = store.load()
+        state, problem = store.load_or_recover()
+        if problem is not None:     # saving below rewrites the file
+            log.warning("%s; rebuilt from refs/gitroot/*", problem)
         booted = args.booted or booted_commit()
+        if booted and booted == booted_commit():
+            _refuse_if_migrations_failed(device, booted)
         new = mark_good(state, booted)
-        if new == state:
+        if new == state and problem is None:
             print(f"{booted[:12]} is already the last good release")
             return 0
         store.save(new, "good", "mark-good", booted, "booted trial marked good")
     print(f"{booted[:12]} is now the last good release")
     return 0
+
+
+def _refuse_if_migrations_failed(device, booted: str) -> None:
+    """A release whose data migrations failed or never ran is not good."""
+    from gitroot.device.migrate import MigrationError, blocks_mark_good
+    from gitroot.device.persistence import layout_for
+    reason = blocks_mark_good(layout_for(device.state_dir), "/", booted)
+    if reason:
+        raise MigrationError(f"not marking {booted[:12]} good: {reason}")

@@ -1,6 +1,7 @@
 """gitroot pin REV | gitroot pin --release: choose the next boot's release by hand."""
 
 import argparse
+import logging
 import time
 
 from gitroot.boot.transitions import release_hold, schedule_trial
@@ -8,6 +9,8 @@ from gitroot.cli.device_args import add_device_arguments, who
 from gitroot.device.context import device_from_args
 from gitroot.errors import UsageError
 from gitroot.git.repository import resolve_commit
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +25,9 @@ def run(args: argparse.Namespace) -> int:
     device = device_from_args(args)
     store = device.store()
     with store.locked():
-        state = store.load()
+        state, problem = store.load_or_recover()
+        if problem is not None:     # saving below rewrites the file
+            log.warning("%s; rebuilt from refs/gitroot/*", problem)
         if args.release:
             store.save(release_hold(state), "release", who(), None,
                        "upgrades resumed")

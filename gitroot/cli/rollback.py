@@ -1,12 +1,15 @@
 """gitroot rollback: back to the previous good release."""
 
 import argparse
+import logging
 import time
 
 from gitroot.boot.state import booted_commit
 from gitroot.boot.transitions import rollback
 from gitroot.cli.device_args import add_device_arguments, who
 from gitroot.device.context import device_from_args
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +20,10 @@ def run(args: argparse.Namespace) -> int:
     device = device_from_args(args)
     store = device.store()
     with store.locked():
-        result = rollback(store.load(), booted_commit(), device.config.tries, time.time())
+        state, problem = store.load_or_recover()
+        if problem is not None:     # saving below rewrites the file
+            log.warning("%s; rebuilt from refs/gitroot/*", problem)
+        result = rollback(state, booted_commit(), device.config.tries, time.time())
         store.save(result.state, "rollback", who(), result.commit, result.detail)
     if result.cancelled:
         print(f"cancelled the trial {result.cancelled[:12]}; next boot: last good "

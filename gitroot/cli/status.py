@@ -6,6 +6,7 @@ import time
 
 from gitroot.cli.device_args import add_device_arguments
 from gitroot.device.context import device_from_args, short
+from gitroot.device.etc import shown
 from gitroot.device.status import collect
 
 
@@ -52,10 +53,39 @@ def run(args: argparse.Namespace) -> int:
     f = info["last_fetch"]
     if f:
         print(f"last fetch:    {_when(f['time'])}: {f['result']}: {f['message']}")
+        for warning in f.get("warnings") or ():
+            print(f"  warning:     {warning}")
     else:
         print("last fetch:    never")
     p = info["pending_update"]
     if p and "error" not in p:
         print(f"pending:       {p['files_added']} added, {p['files_changed']} changed, "
               f"{p['files_removed']} removed; {p['bytes']} bytes")
+    _print_persistence(info["persistence"])
     return 0
+
+
+def _print_persistence(info: dict) -> None:
+    etc = info["etc"]
+    if etc is None:
+        return
+    if not etc["kept"]:
+        print("/etc:          ephemeral (the release's own, not kept)")
+    else:
+        origin = f"merged from {short(etc['merged_from'])}" if etc["merged_from"] else \
+            "copied from the release"
+        print(f"/etc:          kept, {origin}; {len(etc['conflicts'])} conflict(s)")
+        for c in etc["conflicts"]:
+            beside = ", ".join(f"/etc/{shown(n)}" for n in (c["reject"], c["original"]) if n)
+            print(f"  CONFLICT     /etc/{shown(c['path'])}: {c['reason']}"
+                  + (f" (see {beside})" if beside else ""))
+        if etc["conflicts"]:
+            print("               gitroot etc diff PATH; gitroot etc resolve PATH [--take-release]")
+    m = info["migrations"]
+    pending = len(m["pending_up"]) + len(m["pending_down"])
+    last = m["last_run"]
+    print(f"migrations:    {len(m['applied'])} applied, {pending} pending"
+          + (f"; last run {_when(last.get('time'))}: {last.get('result')}"
+             + (f": {last['message']}" if last.get("message") else "") if last else ""))
+    for problem in m["problems"]:
+        print(f"  PROBLEM      {problem}")

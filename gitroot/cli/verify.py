@@ -49,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"not verified (policy {verdict.policy})")
     print(f"commit: {verdict.commit_id}")
+    if verdict.binding_error:
+        print(f"channels: malformed ({verdict.binding_error})")
+    else:
+        print(f"channels: {', '.join(verdict.channels) if verdict.channels else 'none (unbound)'}")
     if args.full:
         count = verify_commit_objects(repo, verdict.commit_id)
         print(f"objects: {count} present and intact")

@@ -90,6 +90,8 @@ class Config:
     """Seconds; a release signed longer ago is refused (a frozen server)."""
     noupgrade: bool = False
     """Never fetch (an image that must stay as it is)."""
+    fetch_timeout: int = 2 * 3600
+    """Seconds one fetch's transfer may take in all (index, bundles, git fetch)."""
     remote_config: RemoteConfigSource = field(default_factory=RemoteConfigSource)
     path: Optional[str] = None
     """The file this came from; ``None`` when no file was read."""
@@ -210,6 +212,9 @@ def load_yaml(text: str, source: str, error: type = ConfigError) -> Any:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise error(f"{source}: not valid YAML: {problem}{where}") from err
+    except RecursionError:
+        # 40 KB of '[' exhaust the composer's stack: a bad document like any other
+        raise error(f"{source}: not valid YAML: nested too deeply") from None
 
 
 # -- checking values -------------------------------------------------------
@@ -348,6 +353,13 @@ def _config_from(data: Dict[Any, Any], source: str) -> Config:
     except ValueError as err:
         raise top.fail("max_signature_age", str(err)) from None
     noupgrade = top.boolean("noupgrade", Config.noupgrade)
+
+    timeout_value = top.take("fetch_timeout")
+    try:
+        fetch_timeout = Config.fetch_timeout if timeout_value is None \
+            else parse_duration(timeout_value)
+    except ValueError as err:
+        raise top.fail("fetch_timeout", str(err)) from None
     remote_config = _remote_config(top.section("remote_config"))
     top.finish()
 
@@ -355,7 +367,7 @@ def _config_from(data: Dict[Any, Any], source: str) -> Config:
                   state_dir=state_dir or default_state, boot_dir=boot_dir or Config.boot_dir,
                   trusted_keys=trusted_keys, signature_policy=policy or "strict",
                   tries=tries, max_signature_age=max_age, noupgrade=noupgrade,
-                  remote_config=remote_config, path=source)
+                  fetch_timeout=fetch_timeout, remote_config=remote_config, path=source)
 
 
 def _remotes(top: "_Reader") -> Tuple[str, ...]:

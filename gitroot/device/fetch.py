@@ -9,11 +9,15 @@ One run (``gitroot fetch``, at boot and from a timer):
    from any of them means no fetch at all.
 3. Transfer with the ``git`` program (smart HTTP, ``file://``, a path, or a
    bundle file) or from a static directory of bundles, into the quarantine
-   ref ``refs/gitroot/incoming/BRANCH`` only.  A transfer killed at any
-   point leaves at most unreferenced temporary packs; no pin moves.
-4. Check the release: signature under the configured policy; a descendant of
-   the current release (no downgrade unless asked); not older than the
-   configured maximum age (a frozen server).
+   ref ``refs/gitroot/incoming/BRANCH`` only, all under one overall
+   deadline (``fetch_timeout``, :mod:`gitroot.device.deadline`).  A
+   transfer killed at any point leaves at most unreferenced temporary
+   packs; no pin moves.
+4. Check the release -- the branch head, or the remote document's
+   ``update-revision`` -- and decide (:func:`gitroot.device.decide.decide`,
+   pure): signature under the policy, channel binding, age (also of the
+   release the device already runs: a frozen server), descent from the
+   current release, abandoned, held.
 5. Install its kernel and initrd into the boot directory (write, fsync,
    rename), then pin it as the trial with N tries and record the result.
 
@@ -29,16 +33,20 @@ import logging
 import os
 import subprocess
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import List, Optional
 
 import pygit2
 
 from gitroot.errors import (FetchError, GitrootError, RefusedReleaseError, SignatureError)
-from gitroot.boot.state import FETCH_LOCK_FILE, FetchRecord, StateStore, booted_commit
+from gitroot.boot.state import (FETCH_LOCK_FILE, FetchRecord, State, StateStore, bootable,
+                                booted_commit)
 from gitroot.boot.transitions import schedule_trial
 from gitroot.device.bootfiles import install_boot_files
+from gitroot.device.deadline import Deadline, Terminated, enforced
+from gitroot.device.decide import Offer, Rules, current_release, decide
 from gitroot.git.command import failure_summary, run_git
+from gitroot.git.refs import branch_name_problem
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +72,15 @@ class FetchSettings:
     progress: bool = False
     #: update-revision= (a debug pin) and who set it: "cmdline" (the boot
     #: path boots it; the fetch only makes sure it is present and signed) or
-    #: "remote" (the fleet's document: scheduled as a held trial)
+    #: "remote" (the fleet's document: considered instead of the branch head,
+    #: under every rule a fetched release obeys, and never holding upgrades)
     pinned: Optional[str] = None
     pinned_source: Optional[str] = None
+    #: overall deadline of the transfer, seconds (config fetch_timeout)
+    fetch_timeout: float = 2 * 3600.0
+    #: problems met before the fetch that did not stop it (an ignored remote
+    #: document); recorded with the fetch's result
+    warnings: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -79,7 +93,7 @@ class FetchOutcome:
 def record_skipped(store: StateStore, branch: str, message: str) -> None:
     """Record a fetch that did not run (noupgrade), so status says why."""
     with store.locked():
-        state = store.load()
+        state, _problem = store.load_or_recover()   # saving repairs an unreadable file
         store.save(replace(state, last_fetch=FetchRecord(time.time(), "skipped", message,
                                                           branch=branch)), "", "fetch")
 
@@ -89,6 +103,7 @@ class Fetcher:
         self.settings = settings
         self.repo = repo
         self.store = StateStore(settings.state_dir, repo)
+        self._recorded = False      # this run's result is in the state already
 
     # -- the run ---------------------------------------------------------
 
@@ -105,32 +120,52 @@ class Fetcher:
         # download: every boot spent waiting is a try used up).
         with self.store.locked(blocking=False, name=FETCH_LOCK_FILE):
             try:
-                commit = self._transfer()
-                if s.pinned:
-                    pinned = self._resolve_or_fetch(s.pinned)
+                # One deadline for every network step of this fetch: a server
+                # that dribbles must not keep the fetch lock for ever.
+                transfer = Deadline(s.fetch_timeout, f"fetching {s.branch}")
+                with enforced(transfer, FetchError):
+                    commit = self._transfer(transfer)
+                    if s.pinned:
+                        commit = self._resolve_or_fetch(s.pinned)
+                if s.pinned and s.pinned_source != "remote":
                     with self.store.locked():
-                        return self._debug_pin(s.pinned, pinned)
+                        return self._debug_pin(s.pinned, commit)
+                via = f"update-revision {s.pinned} from the remote configuration" \
+                    if s.pinned else ""
                 with self.store.locked():
-                    return self._consider(commit)
-            except Exception as err:
+                    return self._consider(commit, via)
+            except BaseException as err:
                 # Whatever ended this fetch is recorded, so status can say
                 # why nothing was pinned; cli.main() words the error itself.
+                if self._recorded:
+                    raise
                 result = "refused" if isinstance(err, (RefusedReleaseError, SignatureError)) \
                     else "failed"
-                message = str(err) if isinstance(err, GitrootError) else \
-                    f"{type(err).__name__}: {err}"
+                message = str(err) if isinstance(err, (GitrootError, Terminated)) else \
+                    "interrupted" if isinstance(err, KeyboardInterrupt) else \
+                    f"{type(err).__name__}: {err}".rstrip(": ")
                 with self.store.locked():
-                    self._record(FetchRecord(time.time(), result, message, branch=s.branch))
+                    self._record(FetchRecord(time.time(), result, message, branch=s.branch,
+                                             warnings=tuple(s.warnings)))
                 raise
 
-    def _record(self, record: FetchRecord, state=None, action: str = "",
+    def _load(self) -> State:
+        """The state; an unreadable file is rebuilt from the refs (and then
+        rewritten by this fetch's record) instead of stopping every fetch."""
+        state, problem = self.store.load_or_recover()
+        if problem is not None:
+            log.warning("%s; rebuilt from refs/gitroot/*", problem)
+        return state
+
+    def _record(self, record: FetchRecord, state: Optional[State] = None, action: str = "",
                 commit: Optional[str] = None) -> None:
         """Save *record* as the last fetch (the caller holds the state lock)."""
-        state = state if state is not None else self.store.load()
+        state = state if state is not None else self._load()
+        self._recorded = True
         self.store.save(replace(state, last_fetch=record), action, "fetch", commit,
                         record.message)
 
-    def _transfer(self) -> str:
+    def _transfer(self, deadline: "Deadline") -> str:
         s = self.settings
         errors = []
         for source in s.sources:
@@ -138,11 +173,12 @@ class Fetcher:
             try:
                 if _is_static(source):
                     from gitroot.device.static import fetch_static
-                    state = self.store.load()
+                    state = self._load()
                     have = [c for c in (state.last_good, state.trial and state.trial.commit)
                             if c]
                     commit = fetch_static(source, self.repo, s.branch, have,
-                                          os.path.join(s.state_dir, "downloads"))
+                                          os.path.join(s.state_dir, "downloads"),
+                                          deadline=deadline)
                 else:
                     commit = self._git_fetch(source)
                 log.info("fetched %s: %s", s.branch, commit)
@@ -154,6 +190,9 @@ class Fetcher:
 
     def _git_fetch(self, source: str) -> str:
         s = self.settings
+        problem = branch_name_problem(s.branch)
+        if problem is not None:     # git would read '*' as a glob refspec
+            raise FetchError(f"invalid branch name {s.branch!r}: {problem}")
         ref = INCOMING + s.branch
         self._run_git_fetch(source, f"+refs/heads/{s.branch}:{ref}")
         try:
@@ -172,7 +211,7 @@ class Fetcher:
                 "--progress" if s.progress else "--quiet",
                 "--", source, refspec]
         proc = run_git(self.repo.path, *args, stdout=subprocess.DEVNULL,
-                       stderr=None if s.progress else subprocess.PIPE)
+                       stderr=None if s.progress else subprocess.PIPE, own_group=True)
         if proc.returncode != 0:
             what = s.branch if refspec.startswith("+refs/heads/") else refspec.split(":")[0][1:]
             raise FetchError(f"fetching {what} from {source} failed: "
@@ -180,86 +219,65 @@ class Fetcher:
 
     # -- deciding --------------------------------------------------------
 
-    def _consider(self, commit: str) -> FetchOutcome:
+    def _examine(self, commit: str, state: State) -> Offer:
+        """What the checks find out about *commit* (gitroot.device.decide.Offer)."""
+        try:
+            verdict = self._verify(commit)
+        except SignatureError as err:
+            return Offer(commit, signature_refusal=err)
+        signed_at = verdict.signed_at if verdict.signed_at is not None \
+            else self.repo[pygit2.Oid(hex=commit)].commit_time
+        # Descent from what the device can really run: a current release
+        # whose objects are gone (the boot falls back past it) is no base.
+        base = next((c for c in (current_release(state), state.previous_good)
+                     if c is not None and bootable(self.repo, c)), None)
+        descends = None if base is None else \
+            (commit == base or self._descends(commit, base))
+        return Offer(commit, signature=verdict.summary(), signed_at=float(signed_at),
+                     channels=verdict.channels, binding_error=verdict.binding_error,
+                     descends=descends)
+
+    def _consider(self, commit: str, via: str = "") -> FetchOutcome:
+        """Decide on *commit* and record it (the caller holds the state lock)."""
         s = self.settings
-        state = self.store.load()
-        current = [c for c in (state.trial.commit if state.trial else None,
-                               state.last_good) if c]
-        if commit in current:
-            msg = f"{s.branch} is up to date at {commit[:12]}"
-            log.info("%s", msg)
-            self._record(FetchRecord(time.time(), "up-to-date", msg, commit, s.branch), state)
-            return FetchOutcome("up-to-date", msg, commit)
-
-        if state.abandoned is not None and state.abandoned.commit == commit:
-            msg = (f"{commit[:12]} on {s.branch} was abandoned after {state.abandoned.tries} "
-                   "boots that never reached mark-good; not pinning it again (waiting for a "
-                   "newer release, or 'gitroot pin' it by hand)")
-            log.warning("%s", msg)
-            self._record(FetchRecord(time.time(), "abandoned", msg, commit, s.branch), state)
-            return FetchOutcome("abandoned", msg, commit)
-
-        verdict = self._verify(commit)
-        base = current[0] if current else None
-        if base is not None and not s.allow_downgrade and \
-                not self._descends(commit, base):
-            raise RefusedReleaseError(
-                f"refusing {commit[:12]} from {s.branch}: it is not a descendant of the "
-                f"current release {base[:12]} (a downgrade or a rewritten branch; "
-                "use --allow-downgrade to accept it)")
-        if s.max_signature_age is not None:
-            when = verdict.signed_at or self.repo[pygit2.Oid(hex=commit)].commit_time
-            age = time.time() - when
-            if age > s.max_signature_age:
-                raise RefusedReleaseError(
-                    f"refusing {commit[:12]}: signed {age / 86400:.1f} days ago, more than "
-                    f"the allowed {s.max_signature_age / 86400:.1f} days (a frozen server?)")
-        verdict_text = verdict.summary()
-        if state.hold:
-            msg = (f"fetched {commit[:12]} ({verdict_text}) but upgrades are held by a "
-                   "manual pin; run 'gitroot pin --release' to resume")
-            log.info("%s", msg)
-            self._record(FetchRecord(time.time(), "held", msg, commit, s.branch, verdict_text),
-                         state)
-            return FetchOutcome("held", msg, commit)
-
+        state = self._load()
+        offer = self._examine(commit, state)
+        rules = Rules(branch=s.branch, policy=s.policy, max_signature_age=s.max_signature_age,
+                      allow_downgrade=s.allow_downgrade, tries=s.tries, via=via)
+        decision = decide(state, offer, rules, time.time())
+        warnings = tuple(s.warnings) + decision.warnings
+        for warning in decision.warnings:
+            log.warning("%s", warning)
+        if decision.refusal is not None:
+            self._record(FetchRecord(time.time(), "refused", decision.message, commit,
+                                     s.branch, None, warnings), state)
+            raise decision.refusal
+        record = FetchRecord(time.time(), decision.result, decision.message, commit, s.branch,
+                             offer.signature or None, warnings)
+        if decision.result != "pinned":
+            log.info("%s", decision.message)
+            self._record(record, state)
+            return FetchOutcome(decision.result, decision.message, commit)
         if s.boot_dir:
             install_boot_files(self.repo, commit, s.boot_dir,
                                keep=[c for c in (booted_commit(), state.last_good,
                                                  state.previous_good) if c])
         new_state = schedule_trial(state, commit, s.tries, hold=False, now=time.time())
-        msg = f"pinned {commit[:12]} from {s.branch} as the next boot's trial " \
-              f"({s.tries} tries; {verdict_text})"
-        self._record(FetchRecord(time.time(), "pinned", msg, commit, s.branch, verdict_text),
-                     new_state, action="trial", commit=commit)
-        log.info("%s", msg)
-        return FetchOutcome("pinned", msg, commit)
+        self._record(record, new_state, action="trial", commit=commit)
+        log.info("%s", decision.message)
+        return FetchOutcome("pinned", decision.message, commit)
 
     def _debug_pin(self, rev: str, commit: str) -> FetchOutcome:
-        """Make sure the update-revision is signed; schedule it when the
-        remote document asked for it (the kernel command line's pin is
-        booted directly by the boot path).  Caller holds the state lock."""
+        """Make sure the kernel command line's update-revision is present and
+        signed; the boot path boots it while it is there.  Caller holds the
+        state lock."""
         s = self.settings
         verdict_text = self._verify(commit).summary()
-        state = self.store.load()
-        if s.pinned_source != "remote":
-            msg = (f"update-revision {rev} is {commit[:12]} ({verdict_text}); the boot path "
-                   "boots it while it is on the kernel command line")
-            self._record(FetchRecord(time.time(), "debug-pin", msg, commit, s.branch,
-                                     verdict_text), state)
-            return FetchOutcome("debug-pin", msg, commit)
-        if state.trial is not None and state.trial.commit == commit and state.hold:
-            msg = f"update-revision {rev} ({commit[:12]}) is already pinned"
-            self._record(FetchRecord(time.time(), "up-to-date", msg, commit, s.branch,
-                                     verdict_text), state)
-            return FetchOutcome("up-to-date", msg, commit)
-        new_state = schedule_trial(state, commit, s.tries, hold=True, now=time.time())
-        msg = (f"pinned {commit[:12]} (update-revision {rev} from the remote configuration) "
-               f"as the next boot's trial, upgrades held ({verdict_text})")
-        self._record(FetchRecord(time.time(), "pinned", msg, commit, s.branch, verdict_text),
-                     new_state, action="pin", commit=commit)
-        log.info("%s", msg)
-        return FetchOutcome("pinned", msg, commit)
+        msg = (f"update-revision {rev} is {commit[:12]} ({verdict_text}); the boot path "
+               "boots it while it is on the kernel command line")
+        self._record(FetchRecord(time.time(), "debug-pin", msg, commit, s.branch,
+                                 verdict_text, tuple(s.warnings)))
+        return FetchOutcome("debug-pin", msg, commit)
 
     def _resolve_or_fetch(self, rev: str) -> str:
         from gitroot.git.repository import resolve_commit

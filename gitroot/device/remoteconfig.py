@@ -6,7 +6,7 @@ YAML, so a JSON document works too) from ``remote_config.url`` in the
 configuration file::
 
     fetch-revision: stable          # branch to follow
-    update-revision: 3f2a9c1e       # debug pin (hex id or ref name), or null
+    update-revision: 3f2a9c1e       # a release to take instead of the branch head, or null
     noupgrade: false                # true: fetch nothing
 
 Every key is optional and ``null`` means "not set".  The device names itself
@@ -24,23 +24,21 @@ changes.  A document is applied whole or not at all.
 document and the configuration file; the precedence is documented there and
 in docs/configuration.md.
 
-Threading: no shared state.  Each download starts one short-lived timer
-thread that cuts the connection when the overall deadline passes (requests'
-own timeout applies to each read, so a server dribbling a byte at a time
-could otherwise hold it open for hours).
+Threading: no shared state.  The download runs under an overall deadline
+(:mod:`gitroot.device.deadline`, SIGALRM: main thread only); requests' own
+timeout applies to each read, so a server dribbling a byte at a time --
+body or headers -- could otherwise hold it open for hours.
 """
 
 import logging
 import re
-import socket
-import threading
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from gitroot import __version__
 from gitroot.boot.cmdline import BootParams, branch_name_problem, revision_problem
 from gitroot.device.config import Config, RemoteConfigSource, load_yaml
+from gitroot.device.deadline import Deadline, enforced
 from gitroot.errors import ConfigError
 
 if TYPE_CHECKING:  # requests is imported only when a document is fetched
@@ -155,75 +153,77 @@ def fetch_remote_settings(source: RemoteConfigSource, *,
     unreachable or bad (with one logged warning).  *machine_id* defaults to
     the content of *machine_id_path*.
     """
+    return fetch_remote_document(source, machine_id=machine_id,
+                                 machine_id_path=machine_id_path, session=session)[0]
+
+
+def fetch_remote_document(source: RemoteConfigSource, *,
+                          machine_id: Optional[str] = None,
+                          machine_id_path: str = MACHINE_ID_PATH,
+                          session: "Optional[requests.Session]" = None,
+                          ) -> Tuple[Optional[RemoteSettings], Optional[str]]:
+    """:func:`fetch_remote_settings`, and the one-line reason a document
+    was ignored (for the fetch's record), or ``None``."""
     if source.url is None:
-        return None
+        return None, None
     if machine_id is None:
         machine_id = read_machine_id(machine_id_path)
     url = source.url
     try:
         url, params = _document_request(source.url, machine_id)
-        text, final_url = _download(url, params, source, session)
-        return parse_remote_document(text, final_url)
+        deadline = Deadline(source.timeout, f"the remote configuration {url}")
+        with enforced(deadline, lambda _: _Ignored(f"it took longer than {source.timeout:g} s")):
+            text, final_url = _download(url, params, source, session)
+        return parse_remote_document(text, final_url), None
     except (_Ignored, ConfigError) as err:
         log.warning("remote configuration %s ignored, nothing changed: %s", url, err)
-        return None
+        return None, f"remote configuration {url} ignored: {err}"
 
 
 def _download(url: str, params: Dict[str, str], source: RemoteConfigSource,
               session: "Optional[requests.Session]") -> Tuple[str, str]:
-    """The document's text and final URL, within the size cap and the deadline."""
+    """The document's text and final URL, within the size cap.  The caller
+    enforces the overall deadline (gitroot.device.deadline)."""
     import requests  # only here: status and the boot path never need it
 
     own_session = session is None
     http = requests.Session() if session is None else session
-    cut = threading.Event()
-    timer: Optional[threading.Timer] = None
-    started = time.monotonic()
     try:
         with http.get(url, params=params, stream=True,
                       timeout=(source.timeout, source.timeout),
                       headers={"User-Agent": f"gitroot/{__version__}",
                                "Accept": "application/yaml, application/json, text/plain"},
                       ) as response:
-            timer = _start_watchdog(response, source.timeout - (time.monotonic() - started), cut)
             if response.status_code != 200:
                 raise _Ignored(f"HTTP {response.status_code} {response.reason or ''}".rstrip())
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > source.max_bytes:
                 raise _Ignored(f"it is {declared} bytes, more than the cap of "
                                f"{source.max_bytes}")
-            body = _read_capped(response, source.max_bytes, cut)
+            body = _read_capped(response, source.max_bytes)
             final_url = response.url
             # urllib3 1.26 (Debian 12) ends a body cut short without an error.
-            if (declared.isdigit() and len(body) < int(declared) and not cut.is_set()
+            if (declared.isdigit() and len(body) < int(declared)
                     and response.headers.get("Content-Encoding", "identity") == "identity"):
                 raise _Ignored(_BROKE_OFF)
     except requests.RequestException as err:
-        if cut.is_set():
-            raise _Ignored(f"it took longer than {source.timeout:g} s") from err
         if isinstance(err, requests.exceptions.ChunkedEncodingError):
             raise _Ignored(_BROKE_OFF) from err  # urllib3 2 says so itself
-        raise _Ignored(_request_problem(err)) from err
+        raise _Ignored(_request_problem(err, source.timeout)) from err
     finally:
-        if timer is not None:
-            timer.cancel()
         if own_session:
             http.close()
-    if cut.is_set():
-        raise _Ignored(f"it took longer than {source.timeout:g} s")
     try:
         return body.decode("utf-8"), final_url
     except UnicodeDecodeError as err:
         raise _Ignored(f"it is not UTF-8 text (byte {err.start})") from err
 
 
-def _read_capped(response: "requests.Response", cap: int, cut: threading.Event) -> bytes:
+def _read_capped(response: "requests.Response", cap: int) -> bytes:
     chunks: List[bytes] = []
     size = 0
     # iter_content decodes gzip, so the cap also bounds a compression bomb.
     for chunk in response.iter_content(_CHUNK):
-        if cut.is_set():
-            break
         size += len(chunk)
         if size > cap:
             raise _Ignored(f"it is more than the cap of {cap} bytes")
@@ -231,36 +231,11 @@ def _read_capped(response: "requests.Response", cap: int, cut: threading.Event) 
     return b"".join(chunks)
 
 
-def _start_watchdog(response: "requests.Response", seconds: float,
-                    cut: threading.Event) -> Optional[threading.Timer]:
-    """Shut the response's socket down after *seconds*, setting *cut*.
-
-    ``shutdown()`` (not ``close()``) is what wakes a ``recv()`` blocked in
-    another thread.
-    """
-    connection = getattr(response.raw, "connection", None)
-    sock = getattr(connection, "sock", None)
-    if sock is None:
-        return None
-
-    def _cut() -> None:
-        cut.set()
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed: the download has ended anyway
-
-    timer = threading.Timer(max(seconds, 0.0), _cut)
-    timer.daemon = True
-    timer.start()
-    return timer
-
-
-def _request_problem(err: Exception) -> str:
+def _request_problem(err: Exception, timeout: float) -> str:
     import requests
 
     if isinstance(err, requests.Timeout):
-        return "the server did not answer in time"
+        return f"the server did not answer within {timeout:g} s"
     if isinstance(err, requests.ConnectionError):
         return f"cannot connect: {_innermost(err)}"
     return f"the request failed: {_innermost(err)}"
@@ -292,11 +267,16 @@ class EffectiveSettings:
     branch_source: str
     """``cmdline``, ``remote`` or ``config`` (which includes its default)."""
     pinned: Optional[str]
-    """A debug pin (``update-revision``) to run instead of following the branch."""
+    """``update-revision``: from the command line a debug pin the boot path
+    boots as is; from the remote document the release a fetch considers
+    instead of the branch head, under every rule of a fetch
+    (gitroot.device.decide), never holding upgrades."""
     pinned_source: Optional[str]
     noupgrade: bool
     noupgrade_sources: Tuple[str, ...]
     """Every source that said ``noupgrade``; empty when upgrades are allowed."""
+    remote_problem: Optional[str] = None
+    """Why the remote document was ignored (recorded with the fetch), if it was."""
 
 
 def effective_settings(config: Config, boot: BootParams,

@@ -6,10 +6,10 @@ Reads the state, the boot record and the repository; changes nothing.
 import time
 from typing import Optional
 
-from gitroot.boot.state import State, booted_record
+from gitroot.boot.state import StateStore, bootable, booted_record, releases_named_by_refs
 from gitroot.boot.transitions import next_boot
 from gitroot.device.context import Device
-from gitroot.errors import GitrootError, StateError
+from gitroot.errors import GitrootError
 
 
 def _verdict(device: Device, commit: Optional[str]) -> Optional[dict]:
@@ -24,20 +24,27 @@ def _verdict(device: Device, commit: Optional[str]) -> Optional[dict]:
     return {"ok": True, "message": v.summary()}
 
 
+def _repo(device: Device):
+    try:
+        return device.repo
+    except GitrootError:
+        return None
+
+
 def collect(device: Device, verify: bool = True) -> dict:
     """Everything `gitroot status` shows, as plain JSON-able data.
 
     A state file that cannot be read is reported in ``state_error`` (status is
     how an operator finds out), not raised.
     """
-    store = device.store(with_repo=False)
-    state_error = None
-    try:
-        state = store.load()
-    except StateError as err:
-        state, state_error = State(), str(err)
+    repo = _repo(device)
+    state, state_error = StateStore(device.state_dir, repo).load_or_recover()
     booted = booted_record()
-    choice = next_boot(state, device.boot.update_revision, time.time())
+    # The same choice boot-select makes: releases missing from the
+    # repository are passed over, the refs are the last resort.
+    choice = next_boot(state, device.boot.update_revision, time.time(),
+                       (lambda c: bootable(repo, c)) if repo is not None else (lambda c: True),
+                       releases_named_by_refs(repo) if repo is not None else ())
     out = {
         "booted": booted,
         "next_boot": None if choice is None else
@@ -62,6 +69,8 @@ def collect(device: Device, verify: bool = True) -> dict:
                                      "files_changed": d.changed, "bytes": d.bytes}
         except GitrootError as err:
             out["pending_update"] = {"error": str(err)}
+    from gitroot.device.persistence import collect as persistence
+    out["persistence"] = persistence(device.state_dir, (booted or {}).get("commit"))
     if verify:
         for name in ("trial", "last_good"):
             commit = state.trial.commit if name == "trial" and state.trial else \

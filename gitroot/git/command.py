@@ -8,6 +8,7 @@ never a traceback.
 """
 
 import os
+import signal
 import subprocess
 from typing import Optional, Union
 
@@ -16,7 +17,8 @@ from gitroot.errors import MissingToolError
 
 def run_git(repo_path: Optional[str], *args: str, **kwargs) -> subprocess.CompletedProcess:
     """``git --git-dir REPO ARGS`` with stdout and stderr captured (unless the
-    caller says otherwise) and stdin closed."""
+    caller says otherwise) and stdin closed.  ``own_group=True``: see
+    :func:`_run_group` (for transfers run under a deadline)."""
     env = dict(os.environ, LC_ALL="C", GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/true")
     env.update(kwargs.pop("env", None) or {})
     kwargs.setdefault("stdout", subprocess.PIPE)
@@ -24,11 +26,32 @@ def run_git(repo_path: Optional[str], *args: str, **kwargs) -> subprocess.Comple
     if "input" not in kwargs:
         kwargs.setdefault("stdin", subprocess.DEVNULL)
     cmd = ["git"] + (["--git-dir", repo_path] if repo_path else []) + list(args)
+    own_group = kwargs.pop("own_group", False)
     try:
+        if own_group:
+            return _run_group(cmd, env, **kwargs)
         return subprocess.run(cmd, env=env, **kwargs)
     except FileNotFoundError:
         raise MissingToolError("the git program is not installed (apt-get install git)") \
             from None
+
+
+def _run_group(cmd, env, input=None, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run`` with git in a process group of its own, killed whole
+    when the caller is interrupted (a deadline, SIGTERM, Ctrl-C).  ``git
+    fetch`` over HTTP runs ``git-remote-http`` as its child, which would
+    otherwise outlive a killed git and hold a stalled connection open."""
+    with subprocess.Popen(cmd, env=env, start_new_session=True, **kwargs) as process:
+        try:
+            stdout, stderr = process.communicate(input)
+        except BaseException:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+            raise
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def failure_summary(stderr: Union[bytes, str, None], returncode: int) -> str:

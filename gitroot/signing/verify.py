@@ -14,7 +14,7 @@ trust files afresh, so a rotated key takes effect at the next check).
 import os
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import pygit2
 
@@ -24,6 +24,7 @@ from gitroot.errors import (MalformedSignatureError, NoSignatureError, Repositor
                             UntrustedSignatureError, UsageError)
 from gitroot.git.repository import resolve_object
 from gitroot.signing import openpgp, sshsig
+from gitroot.signing.channel import BindingError, channels_of_object
 from gitroot.signing.objects import SignedPayload, split_commit, split_tag, tag_headers
 
 POLICIES = ("strict", "sloppy", "none")
@@ -76,6 +77,10 @@ class Verdict:
     fingerprint: Optional[str] = None   # SHA256:... (SSH) or hex (OpenPGP primary key)
     signed_at: Optional[int] = None     # tagger/committer time (SSH), signature time (OpenPGP)
     warnings: List[str] = field(default_factory=list)
+    #: the channels (branches) the signed message binds the release to
+    #: (gitroot.signing.channel); None: no binding, or a malformed one
+    channels: Optional[Tuple[str, ...]] = None
+    binding_error: Optional[str] = None  # why the binding trailers are malformed
 
     def summary(self) -> str:
         """One line for logs and ``gitroot status``."""
@@ -134,6 +139,11 @@ def verify_revision(repo: pygit2.Repository, rev: str, trust: TrustConfig,
     verdict = Verdict(revision=rev, commit_id=target.commit_id,
                       signed_object_id=target.object_id, tag_name=target.tag_name,
                       verified=False, policy=policy, warnings=list(target.warnings))
+    try:
+        # From the signed bytes themselves: what the signature covers.
+        verdict.channels = channels_of_object(target.signed.payload)
+    except BindingError as err:
+        verdict.binding_error = f"{target.label}: {err}"
     if policy == "none":
         verdict.signed_object_id = None
         verdict.warnings.append(f"{target.label}: signature NOT checked (policy none)")

@@ -29,7 +29,7 @@ print(json.dumps(sorted(sys.modules)))
 """
 
 
-@pytest.mark.parametrize("verb", ["boot-select", "mount"])
+@pytest.mark.parametrize("verb", ["boot-select", "boot-persist", "mount"])
 def test_boot_path_imports_nothing_it_must_not(verb):
     proc = subprocess.run([sys.executable, "-c", PROBE, verb], cwd=REPO_ROOT,
                           capture_output=True, text=True, check=True)

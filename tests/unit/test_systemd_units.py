@@ -32,5 +32,16 @@ def test_units_run_the_right_verbs():
             return re.search(r"^ExecStart=(.*)$", f.read(), re.M).group(1)
     assert exec_start("gitroot-fetch.service") == "/usr/bin/gitroot fetch"
     assert exec_start("gitroot-mark-good.service") == "/usr/bin/gitroot mark-good"
+    assert exec_start("gitroot-migrate.service") == "/usr/bin/gitroot migrate"
     with open(os.path.join(UNITS, "gitroot-fetch.timer")) as f:
         assert "OnUnitActiveSec=" in f.read()
+
+
+def test_fetch_service_has_a_deadline_beyond_the_fetchers_own():
+    """A stalled fetch is ended by gitroot's fetch_timeout first (and recorded);
+    systemd's TimeoutStartSec is the backstop, so it must be longer."""
+    from gitroot.device.config import Config, parse_duration
+    with open(os.path.join(UNITS, "gitroot-fetch.service")) as f:
+        match = re.search(r"^TimeoutStartSec=(\S+)$", f.read(), re.M)
+    assert match, "gitroot-fetch.service has no TimeoutStartSec"
+    assert parse_duration(match.group(1)) > Config().fetch_timeout

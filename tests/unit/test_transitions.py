@@ -44,12 +44,51 @@ def test_choose_boot(name, state, pin, expected):
     assert (choice.commit, choice.reason, choice.state) == expected
 
 
-@pytest.mark.parametrize("state", [State(), State(trial=trial(B, 0)),
-                                   State(previous_good=A)])
+@pytest.mark.parametrize("state", [State(), State(trial=trial(B, 0))])
 def test_nothing_to_boot(state):
     with pytest.raises(StateError, match="nothing to boot"):
         choose_boot(state, None, NOW)
     assert next_boot(state, None, NOW) is None
+
+
+# The fallback order when releases are missing (or failed to mount this boot):
+# trial, last good, previous good, the newest release refs/gitroot/* name.
+# state, present commits, refs (newest first) -> (commit, reason, state after)
+FALLBACK = [
+    ("last good missing: previous good", State(last_good=A, previous_good=B), {B}, (),
+     (B, "previous-good", State(last_good=A, previous_good=B))),
+    ("last good and previous good missing: newest named by refs",
+     State(last_good=A, previous_good=B), {C, D}, (D, C),
+     (D, "fallback", State(last_good=A, previous_good=B))),
+    ("refs name missing releases too: the first present one",
+     State(last_good=A), {C}, (D, C), (C, "fallback", State(last_good=A))),
+    ("missing trial is abandoned at once, tries unspent",
+     State(last_good=A, trial=trial(B, 3)), {A}, (),
+     (A, "last-good", State(last_good=A, abandoned=trial(B, 3)))),
+    ("missing trial and missing last good", State(last_good=A, previous_good=C,
+                                                  trial=trial(B, 2)), {C}, (),
+     (C, "previous-good", State(last_good=A, previous_good=C, abandoned=trial(B, 2)))),
+    ("lost state: refs alone decide", State(), {A, B}, (B, A), (B, "fallback", State())),
+    ("present last good wins over newer refs", State(last_good=A), {A, D}, (D, A),
+     (A, "last-good", State(last_good=A))),
+    ("present previous good only", State(previous_good=A), {A}, (),
+     (A, "previous-good", State(previous_good=A))),
+    ("debug pin is not checked here (the boot script drops it if it fails)",
+     State(last_good=A), set(), (), StateError),
+]
+
+
+@pytest.mark.parametrize("name, state, present, refs, expected", FALLBACK,
+                         ids=[r[0] for r in FALLBACK])
+def test_choose_boot_falls_back_to_what_exists(name, state, present, refs, expected):
+    if expected is StateError:
+        with pytest.raises(StateError, match="nothing to boot"):
+            choose_boot(state, None, NOW, present.__contains__, refs)
+        assert choose_boot(state, C, NOW, present.__contains__, refs).commit == C
+        return
+    choice = choose_boot(state, None, NOW, present.__contains__, refs)
+    assert (choice.commit, choice.reason, choice.state) == expected
+    assert next_boot(state, None, NOW, present.__contains__, refs).commit == expected[0]
 
 
 def test_next_boot_is_choose_boot_without_consuming():
