@@ -39,7 +39,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 
 import pytest
