@@ -430,3 +430,23 @@ def test_a_device_without_the_base_commit_writes_nothing(two_releases, tmp_path)
     assert objects(device) == set() and refs(device) == {}
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("v1-v2")) == [
         path.name]                                       # nothing unpacked beside it
+
+
+def test_an_interrupted_delta_bundle_download_resumes(two_releases, static_http_server,
+                                                      tmp_path):
+    """Half of the delta bundle already in ``.part`` (an earlier interrupted
+    fetch): the device asks for the rest with Range, and the result is exact."""
+    source, v1, v2 = two_releases
+    root = static_http_server.document_root
+    entry = publish_delta_only(source, root, v1, v2)["delta-bundles"][0]
+    workdir = tmp_path / "dl"
+    workdir.mkdir()
+    data = (root / entry["file"]).read_bytes()
+    (workdir / f"{entry['sha256']}.bundle.xz.part").write_bytes(data[:len(data) // 2])
+    device = device_with(tmp_path / "device.git", source, v1)
+    assert fetch_static(static_http_server.url, str(device), BRANCH, [v1], str(workdir)) == v2
+    git(device, "fsck", "--strict", "--no-dangling")
+    static_http_server.stop()
+    log = (static_http_server.workdir / "access.log").read_text()
+    assert '" 206 ' in log and entry["file"] in log
+    assert list(workdir.iterdir()) == []
