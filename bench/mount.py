@@ -192,9 +192,15 @@ VARIANTS = {
     # trio for an interpreter that lacks them (e.g. links into Debian's)
     "pyfuse3-proto": ({}, None),
 }
+#: on by default in gitroot.serve.libfuse3 (DEFAULT_LEVERS); the others are opt-in
+DEFAULT_LEVERS = ("readdirplus", "cache_symlinks")
 for _lever in LEVERS:
-    VARIANTS["no-" + _lever] = ({"GITROOT_FUSE": "libfuse3", "GITROOT_FUSE3_OFF": _lever},
-                                None)
+    if _lever in DEFAULT_LEVERS:
+        VARIANTS["no-" + _lever] = ({"GITROOT_FUSE": "libfuse3",
+                                     "GITROOT_FUSE3_OFF": _lever}, None)
+    else:
+        VARIANTS["with-" + _lever] = ({"GITROOT_FUSE": "libfuse3",
+                                       "GITROOT_FUSE3_ON": _lever}, None)
 
 
 class Gitroot:
@@ -856,8 +862,8 @@ def main(argv=None) -> int:
                         help="gitroot variants side by side (default: gitroot,libfuse2); "
                              "names: " + ", ".join(VARIANTS))
     parser.add_argument("--levers", action="store_true",
-                        help="add one variant per libfuse 3 lever turned off, and one "
-                             "with all of them off")
+                        help="add one variant per libfuse 3 lever turned off (or on, for "
+                             "those off by default), and one with all of them off")
     parser.add_argument("--before", metavar="DIR",
                         help="a checkout of older gitroot code: adds the variant 'before' "
                              "(e.g. git worktree add /tmp/before main)")
@@ -874,7 +880,8 @@ def main(argv=None) -> int:
         args.reps = 1 if args.quick or args.memory else 3 if args.scale else 5
     args.variants = [v for v in args.variants.split(",") if v]
     if args.levers:
-        args.variants += [v for v in [*("no-" + lever for lever in LEVERS),
+        args.variants += [v for v in [*(("no-" if lever in DEFAULT_LEVERS else "with-") + lever
+                                        for lever in LEVERS),
                                       "no-readahead", "no-levers"] if v not in args.variants]
     if args.before:
         args.before = os.path.abspath(args.before)

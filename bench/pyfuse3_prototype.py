@@ -18,7 +18,6 @@ Threading: one trio task tree, one thread; the view is called from it only.
 import argparse
 import errno
 import os
-import stat
 import sys
 import time
 

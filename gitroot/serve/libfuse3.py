@@ -19,8 +19,10 @@ each one a *lever* with the figure that justifies it in docs/performance.md:
     clears FUSE_CAP_READDIRPLUS_AUTO, so the kernel asks for READDIRPLUS on
     every listing, not only once it has seen lookups follow one.
 
-``GITROOT_FUSE3_OFF=lever,...`` turns levers off, so bench/mount.py can
-measure each one on its own; it is not meant for devices.
+``readdirplus`` and ``cache_symlinks`` are on by default (DEFAULT_LEVERS,
+with the reasons for the others).  ``GITROOT_FUSE3_OFF=lever,...`` and
+``GITROOT_FUSE3_ON=lever,...`` turn levers off and on, so bench/mount.py
+can measure each one on its own; they are not meant for devices.
 
 mfusepy is imported with FUSE_LIBRARY_PATH naming libfuse 3 (see LIBFUSE3)
 and refused if it still loaded another major version.
@@ -90,12 +92,24 @@ FUSE_FILL_DIR_PLUS = 1 << 1
 LOOP_ENDED = "8"
 
 LEVERS = ("readdirplus", "cache_readdir", "cache_symlinks", "plus_always")
+#: On unless turned off.  cache_readdir and plus_always are off: measured
+#: (docs/performance.md), with libfuse 3.14 the first brings nothing -- its
+#: high-level opendir does not pass keep_cache on, so the kernel drops the
+#: cached listing at every opendir -- and costs a trip through Python per
+#: directory opened; the second makes every warm listing a READDIRPLUS
+#: (attributes for each entry) where the kernel would send a plain READDIR.
+DEFAULT_LEVERS = frozenset(("readdirplus", "cache_symlinks"))
 LEVERS_OFF_ENV = "GITROOT_FUSE3_OFF"
+LEVERS_ON_ENV = "GITROOT_FUSE3_ON"
+
+
+def _names(variable: str) -> set:
+    return {name.strip() for name in os.environ.get(variable, "").split(",")}
 
 
 def levers_on() -> frozenset:
-    off = {name.strip() for name in os.environ.get(LEVERS_OFF_ENV, "").split(",")}
-    return frozenset(lever for lever in LEVERS if lever not in off)
+    return frozenset((DEFAULT_LEVERS | (_names(LEVERS_ON_ENV) & set(LEVERS)))
+                     - _names(LEVERS_OFF_ENV))
 
 
 def describe() -> Tuple[str, str]:
