@@ -3,12 +3,15 @@
 
 Usage (see docs/performance.md)::
 
-    python3 bench/bundle.py            # Debian bookworm minbase -> + less, curl,
-                                       # openssh-client (as root: debootstrap, cached)
+    python3 bench/bundle.py            # both Debian workloads (as root: debootstrap, cached)
+    python3 bench/bundle.py --workload packages   # bookworm minbase -> + less, curl,
+                                                  # openssh-client
+    python3 bench/bundle.py --workload upgrade    # bookworm minbase -> the same after
+                                                  # apt-get upgrade (updates, security)
     python3 bench/bundle.py --quick    # two small generated trees (seconds; for CI)
 
-One run takes an old and a new root tree and measures, in bytes, what it
-costs to ship the new one:
+Each workload is an old and a new root tree; the run measures, in bytes,
+what it costs to ship the new one:
 
 * ``tar_zst`` / ``tar_zst_19``: the whole new tree as a tar, zstd -3 and -19
   --long (what a full image download costs);
@@ -22,6 +25,8 @@ costs to ship the new one:
   defaults);
 * ``gitroot_bundle``: ``gitroot bundle --from OLD --to NEW`` (what a static
   directory serves), and ``gitroot_full_bundle`` (``--to NEW`` alone);
+* ``gitroot_delta_bundle``: ``gitroot bundle --from OLD --to NEW --delta``,
+  files changed at the same path as per-file bsdiff deltas;
 * ``ostree_delta``: ``ostree static-delta generate --from OLD --to NEW`` with
   OSTree's defaults, superblock plus parts; ``ostree_fallback``: the objects
   that delta leaves out ("fallback" objects over 4 MB, which the client then
@@ -32,21 +37,35 @@ costs to ship the new one:
 Both trees are prepared the same way for every tool: device nodes, fifos and
 sockets are removed (OSTree cannot commit them; a booted system has devtmpfs),
 and so are the ``.deb`` files debootstrap leaves in ``/var/cache/apt/archives``
-(``apt-get clean``), unless ``--keep-apt-cache``.  The upgraded tree is a
-second ``debootstrap --include=less,curl,openssh-client``, not ``apt-get
-install`` on the first: the same packages arrive, but logs, ``ld.so.cache``
-and dpkg's files differ in detail from a real upgrade.
+(``apt-get clean``), unless ``--keep-apt-cache``.  In the ``packages``
+workload the upgraded tree is a second ``debootstrap
+--include=less,curl,openssh-client``, not ``apt-get install`` on the first:
+the same packages arrive, but logs, ``ld.so.cache`` and dpkg's files differ
+in detail from a real upgrade.  The ``upgrade`` workload is a real ``apt-get
+upgrade`` of the minbase tree from bookworm-updates and bookworm-security
+(``tests/rootfs.py: debian_upgraded``, cached); there both trees leave out
+``/var/lib/apt/lists/*`` unless ``--keep-apt-lists``.
+
+Beside the sizes, the device side of each gitroot bundle is timed: a bare
+repository holding OLD unpacks the bundle, rebuilds files from their deltas
+and checks their ids, ``git fetch``es it and rewrites the pack with zlib
+(``gitroot.device.static.install_bundle`` and ``store_received``, what
+``gitroot fetch`` runs after the download), in a child process whose CPU
+time (user + system, its git children included) is printed; the result must
+have NEW's tree.
 
 It prints a table and writes everything as JSON
 (``bench/results/bundle-MODE-TIMESTAMP.json`` or ``--json PATH``).
 """
 
 import argparse
+import json
 import lzma
 import os
 import platform
 import random
 import re
+import resource
 import shutil
 import stat
 import subprocess
@@ -78,7 +97,10 @@ FIGURES = (
     ("ostree_total", "  = OSTree client download"),
     ("ostree_delta_inline", "OSTree static delta, all inline"),
     ("gitroot_bundle", "gitroot bundle --from OLD --to NEW"),
+    ("gitroot_delta_bundle", "gitroot delta bundle (--delta)"),
 )
+#: The bundles the targets are judged on, and the device-side timing of each.
+OURS = (("gitroot_bundle", "apply_bundle"), ("gitroot_delta_bundle", "apply_delta_bundle"))
 
 
 def log(msg: str) -> None:
@@ -125,10 +147,18 @@ def dir_size(path: str) -> int:
 
 # -- the trees -------------------------------------------------------------
 
-def prepare(source: str, dest: str, keep_apt_cache: bool) -> str:
+def prepare(source: str, dest: str, keep_apt_cache: bool, drop_apt_lists: bool = False) -> str:
     """A hard-linked copy of *source* as every tool will see it (see the docstring)."""
     run(["cp", "-al", source, dest])
     removed = 0
+    if drop_apt_lists:
+        lists = os.path.join(dest, "var/lib/apt/lists")
+        for name in os.listdir(lists):
+            path = os.path.join(lists, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
     for directory, dirs, files in os.walk(dest):
         for name in files + dirs:
             path = os.path.join(directory, name)
@@ -140,7 +170,8 @@ def prepare(source: str, dest: str, keep_apt_cache: bool) -> str:
                 os.unlink(path)
                 removed += 1
     log(f"  {dest}: {removed} device nodes, fifos, sockets"
-        + ("" if keep_apt_cache else " and cached .deb files") + " left out")
+        + ("" if keep_apt_cache else " and cached .deb files")
+        + (", apt lists" if drop_apt_lists else "") + " left out")
     return dest
 
 
@@ -209,6 +240,26 @@ def debian_trees(work: str, keep_apt_cache: bool) -> tuple:
             prepare(upgraded, os.path.join(work, "new"), keep_apt_cache))
 
 
+def upgrade_trees(work: str, keep_apt_cache: bool, keep_apt_lists: bool) -> tuple:
+    """bookworm minbase, and the same tree after ``apt-get upgrade`` (tests/rootfs.py:
+    debian_upgraded); returns (old, new, the packages upgraded).
+
+    Unless *keep_apt_lists*, both trees leave out ``/var/lib/apt/lists/*``, as
+    images are usually shipped (Debian's own container images do so): the
+    package lists ``apt-get update`` brings are 35 MB of new text that says
+    nothing about shipping an upgrade."""
+    from rootfs import debian_minbase, debian_upgraded
+
+    log("debootstrap (cached): bookworm minbase, and the same after apt-get upgrade")
+    base = debian_minbase()
+    upgraded = debian_upgraded()
+    with open(upgraded + ".upgraded") as stream:
+        packages = stream.read().split()
+    drop = not keep_apt_lists
+    return (prepare(base, os.path.join(work, "old"), keep_apt_cache, drop),
+            prepare(upgraded, os.path.join(work, "new"), keep_apt_cache, drop), packages)
+
+
 # -- the measurements ------------------------------------------------------
 
 def gitroot(python: str, *args: str) -> str:
@@ -263,12 +314,28 @@ def measure(args, work: str, old: str, new: str) -> dict:
           lambda: (gitroot(args.python, "bundle", "--repo", repo, "--from", old_commit,
                            "--to", BRANCH, "-o", delta_path), os.path.getsize(delta_path))[1])
     verify_bundle(work, repo, old_commit, new_commit, delta_path)
+    seconds["apply_bundle"] = apply_cpu(args.python, work, repo, old_commit, new_commit,
+                                        delta_path, "git")
+
+    log("gitroot delta bundle")
+    per_file = os.path.join(work, "per-file.delta.xz")
+    timed("gitroot_delta_bundle",
+          lambda: (gitroot(args.python, "bundle", "--repo", repo, "--from", old_commit,
+                           "--to", BRANCH, "--delta", "-o", per_file),
+                   os.path.getsize(per_file))[1])
+    deltas = delta_records(per_file)
+    log(f"  {len(deltas)} files as deltas, rebuilding {sum(d[0] for d in deltas)} bytes "
+        f"from {sum(d[1] for d in deltas)} bytes of delta streams")
+    seconds["apply_delta_bundle"] = apply_cpu(args.python, work, repo, old_commit,
+                                              new_commit, per_file, "delta")
 
     log("OSTree")
     ostree_version = ostree(work, old, new, sizes, seconds)
     sizes["ostree_total"] = sizes["ostree_delta"] + sizes["ostree_fallback"]
     return {"sizes": sizes, "seconds": seconds, "ostree_version": ostree_version,
+            "delta_files": len(deltas),
             "commits": {"old": old_commit, "new": new_commit},
+            "git_version": output(["git", "--version"]),
             "changed_files": len(output(git + ["diff", "--name-only", old_commit,
                                                new_commit]).splitlines()),
             "new_tree_bytes": dir_size(new)}
@@ -304,6 +371,69 @@ def verify_bundle(work: str, repo: str, old_commit: str, new_commit: str,
     if got != want:
         raise RuntimeError("the gitroot bundle did not reproduce the new tree")
     log("  the gitroot bundle upgrades OLD to NEW exactly (same tree id)")
+
+
+def delta_records(path: str) -> list:
+    """(rebuilt size, delta stream bytes) of each per-file delta in a delta bundle."""
+    from gitroot.git.bundle import parse_bundle_header
+    from gitroot.git.filedelta import iter_records
+
+    with open(path, "rb") as stream:
+        data = lzma.decompress(stream.read())
+    body = memoryview(data)[parse_bundle_header(data).length:]
+    at = 0
+
+    def read(n: int) -> bytes:
+        nonlocal at
+        at += n
+        return bytes(body[at - n:at])
+
+    return [(d.size, len(d.control) + len(d.diff) + len(d.extra)) for d in iter_records(read)]
+
+
+#: Run in a child process by apply_cpu: what a device does with a downloaded
+#: bundle, and nothing else (no HTTP, no signature check).
+APPLY_SCRIPT = """
+import json, sys
+from gitroot.device.static import _pack_files, install_bundle, store_received
+from gitroot.git.bundle import BundleEntry
+repo, path, entry = sys.argv[1], sys.argv[2], BundleEntry(**json.loads(sys.argv[3]))
+before = _pack_files(repo)
+install_bundle(repo, path, entry)
+store_received(repo, before)
+"""
+
+
+def apply_cpu(python: str, work: str, repo: str, old_commit: str, new_commit: str,
+              path: str, kind: str) -> float:
+    """CPU seconds a device holding OLD spends applying the bundle at *path*."""
+    device = os.path.join(work, f"device-{kind}.git")
+    shutil.rmtree(device, ignore_errors=True)
+    run(["git", "init", "-q", "--bare", device])
+    run(["git", "--git-dir", device, "fetch", "-q", repo,
+         f"{old_commit}:refs/gitroot/pinned"])
+    run(["git", "--git-dir", device, "repack", "-adq"])
+    copy = os.path.join(work, f"apply-{kind}.xz")
+    shutil.copyfile(path, copy)
+    entry = {"branch": BRANCH, "from_commit": old_commit, "to_commit": new_commit,
+             "file": os.path.basename(path), "size": os.path.getsize(path),
+             "sha256": "0" * 64, "unpacked": None, "format": kind}
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run([python, "-c", APPLY_SCRIPT, device, copy, json.dumps(entry)], env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 2)
+    got = output(["git", "--git-dir", device, "rev-parse",
+                  f"refs/gitroot/incoming/{BRANCH}^{{tree}}"])
+    want = output(["git", "--git-dir", repo, "rev-parse", f"{new_commit}^{{tree}}"])
+    if got != want:
+        raise RuntimeError(f"applying the {kind} bundle did not give the new tree")
+    run(["git", "--git-dir", device, "fsck", "--strict", "--no-dangling"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shutil.rmtree(device)
+    log(f"  the {kind} bundle applied on a device holding OLD gives NEW's tree "
+        f"({cpu} s CPU)")
+    return cpu
 
 
 def ostree(work: str, old: str, new: str, sizes: dict, seconds: dict) -> str:
@@ -344,58 +474,86 @@ def ostree(work: str, old: str, new: str, sizes: dict, seconds: dict) -> str:
 # -- report ----------------------------------------------------------------
 
 def report(result: dict) -> None:
-    sizes = result["sizes"]
+    sizes, seconds = result["sizes"], result["seconds"]
     ref = sizes["tar_zst"]
     print(f"\nupgrade: {result['trees']}")
-    print(f"{result['changed_files']} paths changed; new tree {result['new_tree_bytes'] / 1e6:.1f} MB; "
+    if result.get("packages_upgraded"):
+        print(f"packages upgraded: {', '.join(result['packages_upgraded'])}")
+    print(f"{result['changed_files']} paths changed ({result['delta_files']} sent as per-file "
+          f"deltas); new tree {result['new_tree_bytes'] / 1e6:.1f} MB; "
           f"OSTree {result['ostree_version']}, {result['git_version']}\n")
     print(f"{'':50} {'bytes':>12} {'MB':>8} {'% of tar.zst':>13}")
     for key, label in FIGURES:
         value = sizes[key]
         print(f"{label:50} {value:12d} {value / 1e6:8.2f} {100 * value / ref:12.1f}%")
-    ours = sizes["gitroot_bundle"]
-    print("\ntarget: gitroot bundle smaller than OSTree's static delta")
-    for key in ("ostree_delta", "ostree_total", "ostree_delta_inline"):
-        verdict = "MET " if ours < sizes[key] else "MISS"
-        print(f"  {verdict} {ours / 1e6:.2f} MB vs {dict(FIGURES)[key].strip(' +=')} "
-              f"{sizes[key] / 1e6:.2f} MB ({100 * (ours - sizes[key]) / sizes[key]:+.1f}%)")
+    print("\ntarget: smaller than OSTree's static delta (device-side apply, CPU seconds)")
+    for ours, apply_key in OURS:
+        value = sizes[ours]
+        for key in ("ostree_delta", "ostree_total", "ostree_delta_inline"):
+            verdict = "MET " if value < sizes[key] else "MISS"
+            print(f"  {verdict} {dict(FIGURES)[ours]} {value / 1e6:.2f} MB "
+                  f"(apply {seconds[apply_key]:.2f} s CPU) vs "
+                  f"{dict(FIGURES)[key].strip(' +=')} {sizes[key] / 1e6:.2f} MB "
+                  f"({100 * (value - sizes[key]) / sizes[key]:+.1f}%)")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="two small generated trees, no debootstrap (seconds)")
+    parser.add_argument("--workload", choices=("packages", "upgrade", "both"), default="both",
+                        help="Debian workload: + less, curl, openssh-client; apt-get "
+                             "upgrade; or both (default)")
     parser.add_argument("--keep-apt-cache", action="store_true",
                         help="keep the .deb files debootstrap leaves in /var/cache/apt")
+    parser.add_argument("--keep-apt-lists", action="store_true",
+                        help="upgrade workload: keep /var/lib/apt/lists in both trees")
     parser.add_argument("--json", help="write results here (default: bench/results/)")
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter that runs gitroot (default: this one)")
     parser.add_argument("--workdir", default="/var/tmp",
                         help="where the trees and repositories go")
     args = parser.parse_args(argv)
-    for tool in ("git", "ostree", "xz", "zstd", "tar"):
+    for tool in ("git", "ostree", "xz", "zstd", "tar", "bsdiff"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} is not installed (bash .ci/setup installs it)")
-    work = tempfile.mkdtemp(prefix="gitroot-bench-bundle-", dir=args.workdir)
-    try:
-        if args.quick:
-            old, new = make_quick_trees(work)
-            trees = "generated tree (quick)"
-        else:
-            if os.geteuid() != 0:
-                parser.error("must run as root (debootstrap, trees owned by root)")
-            old, new = debian_trees(work, args.keep_apt_cache)
-            trees = (f"Debian bookworm minbase -> + {UPGRADE_PACKAGES.replace(',', ', ')} "
-                     f"(two debootstraps{', apt cache kept' if args.keep_apt_cache else ''})")
-        result = measure(args, work, old, new)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    result.update(mode="quick" if args.quick else "debian", trees=trees,
-                  date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  git_version=output(["git", "--version"]),
-                  python=args.python, machine=platform.machine())
-    report(result)
-    write_results(result, args.json, "bundle")
+    if args.quick:
+        workloads = ["quick"]
+    else:
+        if os.geteuid() != 0:
+            parser.error("must run as root (debootstrap, trees owned by root)")
+        workloads = ["packages", "upgrade"] if args.workload == "both" else [args.workload]
+    results = []
+    for workload in workloads:
+        work = tempfile.mkdtemp(prefix="gitroot-bench-bundle-", dir=args.workdir)
+        packages = []
+        try:
+            if workload == "quick":
+                old, new = make_quick_trees(work)
+                trees = "generated tree (quick)"
+            elif workload == "packages":
+                old, new = debian_trees(work, args.keep_apt_cache)
+                trees = (f"Debian bookworm minbase -> + {UPGRADE_PACKAGES.replace(',', ', ')} "
+                         f"(two debootstraps"
+                         f"{', apt cache kept' if args.keep_apt_cache else ''})")
+            else:
+                old, new, packages = upgrade_trees(work, args.keep_apt_cache,
+                                                   args.keep_apt_lists)
+                trees = ("Debian bookworm minbase -> the same after apt-get upgrade from "
+                         "bookworm-updates and bookworm-security"
+                         + (", apt lists kept" if args.keep_apt_lists else
+                            ", apt lists left out of both"))
+            result = measure(args, work, old, new)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        result.update(workload=workload, trees=trees, packages_upgraded=packages)
+        report(result)
+        results.append(result)
+    write_results({"mode": "quick" if args.quick else "debian",
+                   "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                   "git_version": output(["git", "--version"]),
+                   "python": args.python, "machine": platform.machine(),
+                   "workloads": results}, args.json, "bundle")
     return 0
 
 

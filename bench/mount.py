@@ -187,10 +187,20 @@ VARIANTS = {
     "no-readahead": ({"GITROOT_FUSE": "libfuse3"}, 128),    # the kernel's default
     "no-levers": ({"GITROOT_FUSE": "libfuse3", "GITROOT_FUSE3_OFF": ",".join(LEVERS)}, 128),
     "before": ({}, None),                                    # code from --before
+    # bench/pyfuse3_prototype.py: the view through pyfuse3 (low-level API);
+    # $GITROOT_BENCH_PYFUSE3_PATH may name a directory holding pyfuse3 and
+    # trio for an interpreter that lacks them (e.g. links into Debian's)
+    "pyfuse3-proto": ({}, None),
 }
+#: on by default in gitroot.serve.libfuse3 (DEFAULT_LEVERS); the others are opt-in
+DEFAULT_LEVERS = ("readdirplus", "cache_symlinks")
 for _lever in LEVERS:
-    VARIANTS["no-" + _lever] = ({"GITROOT_FUSE": "libfuse3", "GITROOT_FUSE3_OFF": _lever},
-                                None)
+    if _lever in DEFAULT_LEVERS:
+        VARIANTS["no-" + _lever] = ({"GITROOT_FUSE": "libfuse3",
+                                     "GITROOT_FUSE3_OFF": _lever}, None)
+    else:
+        VARIANTS["with-" + _lever] = ({"GITROOT_FUSE": "libfuse3",
+                                       "GITROOT_FUSE3_ON": _lever}, None)
 
 
 class Gitroot:
@@ -208,6 +218,13 @@ class Gitroot:
         self.code = code            # run from there: "python -m" puts the cwd first
         self.env = dict(os.environ, PYTHONPATH=code, **extra)
         self.backend = None         # from the mount's record (None: code without one)
+        self.command = [python, "-m", "gitroot", "mount"]
+        if variant == "pyfuse3-proto":
+            self.command = [python, os.path.join(code, "bench", "pyfuse3_prototype.py")]
+            extra_path = os.environ.get("GITROOT_BENCH_PYFUSE3_PATH")
+            if extra_path:
+                self.env["PYTHONPATH"] = code + os.pathsep + extra_path
+            self.backend = "pyfuse3 (prototype)"
 
     def mount(self) -> float:
         """Mount; seconds from starting ``gitroot mount`` to a successful stat."""
@@ -215,8 +232,8 @@ class Gitroot:
         target = os.path.join(self.mountpoint, self.probe)
         record = self.mountpoint + ".json"
         start = time.perf_counter()
-        run([self.python, "-m", "gitroot", "mount", "--repo", self.repo, self.rev,
-             self.mountpoint, "--pid-file", pid_file]
+        run(self.command + ["--repo", self.repo, self.rev, self.mountpoint, "--pid-file",
+                            pid_file]
             + (["--record", record] if self.supports_record() else []), env=self.env,
             cwd=self.code)
         while True:
@@ -242,6 +259,8 @@ class Gitroot:
         return elapsed
 
     def supports_record(self) -> bool:
+        if self.command[1] != "-m":
+            return False
         if not hasattr(self, "_record"):
             proc = subprocess.run([self.python, "-m", "gitroot", "mount", "--help"],
                                   env=self.env, capture_output=True, text=True, cwd=self.code)
@@ -843,8 +862,8 @@ def main(argv=None) -> int:
                         help="gitroot variants side by side (default: gitroot,libfuse2); "
                              "names: " + ", ".join(VARIANTS))
     parser.add_argument("--levers", action="store_true",
-                        help="add one variant per libfuse 3 lever turned off, and one "
-                             "with all of them off")
+                        help="add one variant per libfuse 3 lever turned off (or on, for "
+                             "those off by default), and one with all of them off")
     parser.add_argument("--before", metavar="DIR",
                         help="a checkout of older gitroot code: adds the variant 'before' "
                              "(e.g. git worktree add /tmp/before main)")
@@ -861,7 +880,8 @@ def main(argv=None) -> int:
         args.reps = 1 if args.quick or args.memory else 3 if args.scale else 5
     args.variants = [v for v in args.variants.split(",") if v]
     if args.levers:
-        args.variants += [v for v in [*("no-" + lever for lever in LEVERS),
+        args.variants += [v for v in [*(("no-" if lever in DEFAULT_LEVERS else "with-") + lever
+                                        for lever in LEVERS),
                                       "no-readahead", "no-levers"] if v not in args.variants]
     if args.before:
         args.before = os.path.abspath(args.before)

@@ -67,3 +67,71 @@ def debian_minbase(suite: Optional[str] = None, include: str = "") -> str:
                                f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
         os.rename(work, target)
         return target
+
+
+def debian_upgraded(suite: str = "bookworm") -> str:
+    """Path of a cached copy of ``debian_minbase(suite)`` after ``apt-get
+    upgrade`` from SUITE-updates and SUITE-security.
+
+    The two suites are added to the tree's own ``sources.list`` at the
+    archive debootstrap wrote there (the security suite at the same address
+    with ``-security`` appended, as Debian lays out its archives), then
+    ``apt-get update``, ``apt-get -y upgrade`` and ``apt-get clean`` run in a
+    chroot with /proc mounted and services kept from starting.  The packages
+    upgraded are listed in ``NAME.upgraded`` beside the tree.
+    """
+    base = debian_minbase(suite)
+    name = f"{suite}-minbase-upgraded"
+    target = os.path.join(cache_dir(), name)
+    with open(target + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.isdir(target):
+            return target
+        work = target + ".building"
+        if os.path.exists(work):
+            shutil.rmtree(work)
+        subprocess.run(["cp", "-a", base, work], check=True)
+        sources = os.path.join(work, "etc/apt/sources.list")
+        with open(sources) as stream:
+            first = next(line.split() for line in stream if line.startswith("deb "))
+        archive = first[1]
+        with open(sources, "a") as stream:
+            stream.write(f"deb {archive} {suite}-updates main\n"
+                         f"deb {archive}-security {suite}-security main\n")
+        resolv = os.path.join(work, "etc/resolv.conf")
+        resolv_before = None
+        if os.path.lexists(resolv):
+            with open(resolv, "rb") as stream:
+                resolv_before = stream.read()
+            os.unlink(resolv)
+        shutil.copyfile("/etc/resolv.conf", resolv)
+        policy = os.path.join(work, "usr/sbin/policy-rc.d")
+        with open(policy, "w") as stream:
+            stream.write("#!/bin/sh\nexit 101\n")
+        os.chmod(policy, 0o755)
+        proc_dir = os.path.join(work, "proc")
+        subprocess.run(["mount", "--bind", "/proc", proc_dir], check=True)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C")
+        try:
+            for cmd in (["apt-get", "-q", "update"],
+                        ["apt-get", "-q", "-y", "upgrade"],
+                        ["apt-get", "clean"]):
+                proc = subprocess.run(["chroot", work, *cmd], capture_output=True, text=True,
+                                      env=env)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{' '.join(cmd)} failed in the chroot:\n"
+                                       f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+                if cmd[-1] == "upgrade":
+                    upgraded = [line.split()[1] for line in proc.stdout.splitlines()
+                                if line.startswith("Unpacking ")]
+        finally:
+            subprocess.run(["umount", proc_dir], check=False)
+        os.unlink(policy)
+        os.unlink(resolv)
+        if resolv_before is not None:     # the tree as debootstrap left it
+            with open(resolv, "wb") as stream:
+                stream.write(resolv_before)
+        with open(target + ".upgraded", "w") as stream:
+            stream.write("\n".join(upgraded) + "\n")
+        os.rename(work, target)
+        return target

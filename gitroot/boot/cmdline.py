@@ -234,6 +234,10 @@ def _flags_problem(flags: str) -> Optional[str]:
     return control_char_problem(flags)
 
 
+def _persist_problem(value: str) -> Optional[str]:
+    return None if value in ("on", "off") else "it is neither on nor off"
+
+
 _Problem = Callable[[str], Optional[str]]
 
 # option -> (what the value should be, for messages; validator)
@@ -247,6 +251,7 @@ _NAMESPACED: Dict[str, Tuple[str, _Problem]] = {
     "rootfstype": ("TYPE", _fstype_problem),
     "rootflags": ("OPTIONS", _flags_problem),
     "config": ("PATH", _absolute_path_problem),
+    "persist": ("on|off", _persist_problem),    # off: a kiosk (gitroot.boot.persist)
 }
 
 

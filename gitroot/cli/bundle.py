@@ -1,20 +1,25 @@
 """gitroot bundle: compressed git bundles for a static HTTP directory.
 
-    gitroot bundle --repo REPO [--from OLD] --to NEW [--branch B] -o FILE
-    gitroot bundle --repo REPO [--from OLD] --to NEW [--branch B] --publish DIR
+    gitroot bundle --repo REPO [--from OLD] --to NEW [--branch B] [--delta] -o FILE
+    gitroot bundle --repo REPO [--from OLD] --to NEW [--branch B] [--delta] --publish DIR
     gitroot bundle --index DIR
 
-``-o`` writes one bundle.  ``--publish`` writes it into DIR under a name of
-its own (``BRANCH-OLD-NEW.bundle.xz``) and updates ``DIR/index.json`` so that
-NEW is the branch's newest release.  ``--index`` alone rebuilds the index
-from the bundles in DIR.  See docs/server.md.
+``-o`` writes one bundle (``--delta``: a delta bundle).  ``--publish`` writes
+it into DIR under a name of its own (``BRANCH-OLD-NEW.bundle.xz``) and
+updates ``DIR/index.json`` so that NEW is the branch's newest release; with
+``--delta`` it writes a delta bundle (``BRANCH-OLD-NEW.delta.xz``) beside
+it, for devices that read delta bundles, while older ones keep fetching the
+git bundle.  ``--index`` alone rebuilds the index from the bundles in DIR.
+See docs/server.md.
 """
 
 import argparse
 import os
 
-from gitroot.publish.bundle import create_bundle, default_file_name, update_index
 from gitroot.errors import UsageError
+from gitroot.git.bundle import DELTA_FORMAT, BundleEntry
+from gitroot.publish.bundle import (create_bundle, create_delta_bundle, default_file_name,
+                                    update_index)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="release to ship (a branch, tag or commit)")
     parser.add_argument("--branch", default=None,
                         help="branch the bundle carries (default: NEW, if it is a branch)")
+    parser.add_argument("--delta", action="store_true",
+                        help="a delta bundle: changed files as per-file deltas (needs "
+                             "--from and bsdiff); with --publish, beside the git bundle")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("-o", "--output", metavar="FILE", help="write the bundle to FILE")
     where.add_argument("--publish", metavar="DIR",
@@ -47,22 +55,36 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("gitroot bundle needs --repo and --to (or --index DIR)")
     if not (args.output or args.publish):
         raise UsageError("say where the bundle goes: -o FILE or --publish DIR")
+    if args.delta and not args.from_rev:
+        raise UsageError("--delta needs --from: a delta bundle carries changes to a release")
     if args.publish:
         if not os.path.isdir(args.publish):
             raise UsageError(f"{args.publish}: no such directory")
         partial = os.path.join(args.publish, ".gitroot-bundle.tmp")
-        entry = create_bundle(args.repo, args.to_rev, partial, from_rev=args.from_rev,
-                              branch=args.branch)
-        output = os.path.join(args.publish,
-                              default_file_name(entry.branch, entry.from_commit,
-                                                entry.to_commit))
-        os.replace(partial, output)
+        written = []
+        makers = [create_bundle] + ([create_delta_bundle] if args.delta else [])
+        for make in makers:
+            entry = make(args.repo, args.to_rev, partial, from_rev=args.from_rev,
+                         branch=args.branch)
+            output = os.path.join(args.publish,
+                                  default_file_name(entry.branch, entry.from_commit,
+                                                    entry.to_commit, entry.format))
+            os.replace(partial, output)
+            written.append((output, entry))
         update_index(args.publish, heads={entry.branch: entry.to_commit})
     else:
-        entry = create_bundle(args.repo, args.to_rev, args.output, from_rev=args.from_rev,
-                              branch=args.branch)
-        output = args.output
+        make = create_delta_bundle if args.delta else create_bundle
+        entry = make(args.repo, args.to_rev, args.output, from_rev=args.from_rev,
+                     branch=args.branch)
+        written = [(args.output, entry)]
+    for output, entry in written:
+        print(_describe(output, entry))
+    return 0
+
+
+def _describe(output: str, entry: BundleEntry) -> str:
     span = f"{entry.from_commit[:12]}..{entry.to_commit[:12]}" if entry.from_commit \
         else f"full {entry.to_commit[:12]}"
-    print(f"{output}: {entry.branch} {span}, {entry.size} bytes, sha256 {entry.sha256}")
-    return 0
+    kind = "delta bundle, " if entry.format == DELTA_FORMAT else ""
+    return (f"{output}: {kind}{entry.branch} {span}, {entry.size} bytes "
+            f"({entry.unpacked} unpacked), sha256 {entry.sha256}")

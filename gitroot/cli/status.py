@@ -33,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
               "rollback rewrites it)")
     booted = info["booted"]
     print(f"booted:        {short(booted['commit']) + ' (' + booted['detail'] + ')' if booted else 'unknown (not booted by gitroot)'}")
+    served = info["mount"]
+    if served:
+        print(f"served by:     {served.get('backend', '?')} ({served.get('binding', '?')}, "
+              f"{served.get('library', '?')})")
     nb = info["next_boot"]
     print(f"next boot:     {short(nb['commit']) + ' (' + nb['detail'] + ')' if nb else 'nothing bootable'}")
     t = info["trial"]

@@ -8,11 +8,21 @@ size and SHA-256 checked at the end), decompress, check the header, and
 module ever moves -- then rewrite the received packs zlib-compressed.
 Signature checks and pins are the fetcher's job.
 
+A delta bundle (docs/server.md) is first turned back into a git bundle:
+each per-file delta is applied to its old blob, and the result must hash
+to the blob id the delta names -- the id the signed commit's trees name --
+before it joins the pack; the rebuilt bundle then goes through ``git
+fetch`` like any other, so a delta never bypasses git's checks.
+
 Everything from the server is hostile: the index is size-capped and every
 field checked (:mod:`gitroot.git.bundle`); a file name is a plain name in
 the same directory; a download may not exceed the size the index gives;
-decompressed output is capped; the bundle's header must name exactly the
-commits the index promised; git checks every object (``fetch.fsckObjects``).
+decompressed output is capped by the size the index declares (plus a
+small margin) and the header is checked as soon as its first bytes
+decompress, so a decompression bomb costs at most that much disk; the
+bundle's header must name exactly the commits the index promised, and its
+base must be on the device before anything is unpacked; git checks every
+object (``fetch.fsckObjects``).
 
 Threading: no shared state.  Each call owns its files; the fetch lock keeps
 two fetches from sharing a download directory.
@@ -23,15 +33,19 @@ import logging
 import lzma
 import os
 import re
+import struct
+import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, BinaryIO, Callable, Optional, Sequence, Union
 from urllib.parse import quote, urljoin, urlsplit
 
 from gitroot.device.deadline import Deadline, enforced
 from gitroot.errors import FetchError
-from gitroot.git.bundle import (BUNDLE_SUFFIX, CHUNK, HEX40, INDEX_NAME, MAX_HEADER_BYTES,
-                                MAX_INDEX_BYTES, XZ_MAGIC, BundleEntry, choose_chain,
+from gitroot.git.bundle import (BUNDLE_SIGNATURE, BUNDLE_SUFFIX, CHUNK, DELTA_FORMAT, HEX40,
+                                INDEX_NAME, MAX_HEADER_BYTES, MAX_INDEX_BYTES, XZ_MAGIC,
+                                BundleEntry, BundleHeader, bundle_format, choose_chain,
                                 parse_bundle_header, parse_index)
+from gitroot.git.filedelta import DeltaError, apply_delta, blob_id, iter_records
 from gitroot.git.command import failure_summary, run_git
 from gitroot.git.refs import branch_name_problem
 
@@ -45,6 +59,13 @@ INCOMING = "refs/gitroot/incoming/"
 MAX_BUNDLE_BYTES = 16 << 30
 MAX_UNPACKED_BYTES = 64 << 30
 INDEX_SECONDS = 120.0
+#: How far decompression may run past the unpacked size the index declares.
+UNPACKED_MARGIN = 1 << 20
+#: An index written before gitroot recorded unpacked sizes bounds a bundle
+#: by this ratio to its compressed size instead.  Real bundles stay under 10
+#: (docs/performance.md); only a release of mostly zeros would reach it, and
+#: republishing the index (``gitroot bundle --index DIR``) lifts it.
+LEGACY_RATIO = 1000
 
 
 @dataclass(frozen=True)
@@ -152,22 +173,15 @@ def fetch_static(base_url: str, repo: Union["pygit2.Repository", str, "os.PathLi
     packs_before = _pack_files(repo_path)
     try:
         for number, (bundle, path) in enumerate(zip(chain, files), 1):
-            unpacked = path[:-len(".xz")]
-            try:
-                _decompress(path, unpacked, max_unpacked_bytes,
-                            lambda done, n=number, f=bundle.file:
-                            _report(progress, "unpack", n, len(chain), f, done, 0))
-                _check_header(unpacked, bundle)
-                _report(progress, "fetch", number, len(chain), bundle.file, 0, 0)
-                _git_fetch_bundle(repo_path, unpacked, branch, bundle)
-            finally:
-                _unlink(unpacked)
+            install_bundle(repo_path, path, bundle, max_unpacked_bytes,
+                           lambda phase, done, n=number, f=bundle.file:
+                           _report(progress, phase, n, len(chain), f, done, 0))
     except BaseException:
         _restore_ref(repo_path, ref, old_target)
         raise
     for path in files:
         _unlink(path)
-    _store_compressed(repo_path, sorted(_pack_files(repo_path) - packs_before))
+    store_received(repo_path, packs_before)
     head = chain[-1].to_commit
     _report(progress, "done", len(chain), len(chain), chain[-1].file, 0, 0)
     return head
@@ -313,48 +327,229 @@ def _file_matches(path: str, bundle: BundleEntry) -> bool:
     return digest.hexdigest() == bundle.sha256
 
 
-def _decompress(path: str, target: str, limit: int, report: Callable[[int], None]) -> None:
-    """xz-decompress *path* to *target*, at most *limit* bytes out."""
+def install_bundle(repo_path: str, path: str, bundle: BundleEntry,
+                   max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
+                   report: Optional[Callable[[str, int], None]] = None) -> None:
+    """Unpack the downloaded *bundle* at *path* and fetch it into
+    ``refs/gitroot/incoming/BRANCH`` (a delta bundle is rebuilt into a git
+    bundle first).  The caller restores that ref if this raises."""
+    def tell(phase: str, done: int) -> None:
+        if report is not None:
+            report(phase, done)
+
+    if bundle.from_commit and not _has_commit(repo_path, bundle.from_commit):
+        raise FetchError(f"{bundle.file}: made for {bundle.from_commit[:12]}, which "
+                         "this device does not have; nothing was written")
+    unpacked = path[:-len(".xz")] if path.endswith(".xz") else path + ".unpacked"
+    rebuilt = unpacked + ".rebuilt"
+    try:
+        _decompress(path, unpacked, unpacked_limit(bundle, max_unpacked_bytes),
+                    lambda done: tell("unpack", done),
+                    lambda head: _check_header(head, bundle))
+        if bundle.format == DELTA_FORMAT:
+            _rebuild_git_bundle(repo_path, unpacked, rebuilt, bundle)
+            os.replace(rebuilt, unpacked)
+        tell("fetch", 0)
+        _git_fetch_bundle(repo_path, unpacked, bundle.branch, bundle)
+    finally:
+        _unlink(unpacked)
+        _unlink(rebuilt)
+
+
+def store_received(repo_path: str, packs_before: set) -> None:
+    """Rewrite the packs received since *packs_before* (:func:`_pack_files`)
+    zlib-compressed."""
+    _store_compressed(repo_path, sorted(_pack_files(repo_path) - packs_before))
+
+
+def unpacked_limit(bundle: BundleEntry, ceiling: int = MAX_UNPACKED_BYTES) -> int:
+    """How many bytes *bundle* may decompress to: what the index declares plus
+    a small margin, or (an index from before that field) LEGACY_RATIO times its
+    compressed size; never more than *ceiling*."""
+    if bundle.unpacked is not None:
+        return min(ceiling, bundle.unpacked + UNPACKED_MARGIN)
+    return min(ceiling, bundle.size * LEGACY_RATIO + UNPACKED_MARGIN)
+
+
+def _decompress(path: str, target: str, limit: int, report: Callable[[int], None],
+                check_header: Callable[[bytes], None]) -> None:
+    """xz-decompress *path* to *target*, stopping past *limit* bytes out.
+
+    The first bytes out are checked at once: what cannot start a bundle
+    stops after one slice, and *check_header* sees the whole header before
+    anything past it is written.
+    """
+    name = os.path.basename(path)
     decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
     written = 0
+    head = b""          # the start, kept until the header is checked
     try:
         with open(path, "rb") as source, open(target, "wb") as out:
             if source.read(len(XZ_MAGIC)) != XZ_MAGIC:
-                raise FetchError(f"{os.path.basename(path)}: not an xz file")
+                raise FetchError(f"{name}: not an xz file")
             source.seek(0)
             while not decompressor.eof:
                 chunk = source.read(CHUNK) if decompressor.needs_input else b""
                 if not chunk and decompressor.needs_input:
-                    raise FetchError(f"{os.path.basename(path)}: truncated xz data")
-                data = decompressor.decompress(chunk, max_length=1 << 20)
+                    raise FetchError(f"{name}: truncated xz data")
+                # Small slices until the header is checked, so that a bomb
+                # with a wrong header costs kilobytes, not a slice.
+                data = decompressor.decompress(
+                    chunk, max_length=CHUNK if head is not None else 1 << 20)
+                if head is not None:
+                    head += data
+                    if bundle_format(head[:64]) is None:
+                        raise FetchError(f"{name}: not a git bundle (v2) nor a gitroot "
+                                         "delta bundle")
+                    if b"\n\n" in head or len(head) >= MAX_HEADER_BYTES or decompressor.eof:
+                        check_header(head)
+                        head = None
                 written += len(data)
                 if written > limit:
-                    raise FetchError(f"{os.path.basename(path)}: decompresses to more than "
-                                     f"{limit} bytes")
+                    raise FetchError(f"{name}: decompresses to more than {limit} bytes "
+                                     "(the index's unpacked size and a margin); stopped")
                 out.write(data)
                 report(written)
+            if head is not None:
+                check_header(head)
             if source.read(1):
-                raise FetchError(f"{os.path.basename(path)}: data after the xz stream")
+                raise FetchError(f"{name}: data after the xz stream")
     except lzma.LZMAError as err:
-        raise FetchError(f"{os.path.basename(path)}: corrupt xz data ({err})") from None
+        raise FetchError(f"{name}: corrupt xz data ({err})") from None
     except OSError as err:
-        raise FetchError(f"cannot unpack {os.path.basename(path)}: {err.strerror}") from None
+        raise FetchError(f"cannot unpack {name}: {err.strerror}") from None
 
 
-def _check_header(path: str, bundle: BundleEntry) -> None:
-    """The bundle must carry exactly the branch and commits the index promised."""
-    with open(path, "rb") as stream:
-        head = stream.read(MAX_HEADER_BYTES)
+def _check_header(head: bytes, bundle: BundleEntry) -> BundleHeader:
+    """The bundle must be of the format, and carry exactly the branch and
+    commits, the index promised."""
     try:
         header = parse_bundle_header(head)
     except ValueError as err:
         raise FetchError(f"{bundle.file}: {err}") from None
     expected_prereqs = (bundle.from_commit,) if bundle.from_commit else ()
-    if header.prerequisites != expected_prereqs or \
+    if header.format != bundle.format or header.prerequisites != expected_prereqs or \
             header.refs != ((f"refs/heads/{bundle.branch}", bundle.to_commit),):
         raise FetchError(f"{bundle.file}: the bundle is not what the index says "
-                         f"({bundle.from_commit or 'full'}..{bundle.to_commit[:12]} of "
+                         f"({bundle.format} bundle, "
+                         f"{(bundle.from_commit or 'full')[:12]}..{bundle.to_commit[:12]} of "
                          f"{bundle.branch})")
+    return header
+
+
+# -- delta bundles ---------------------------------------------------------
+
+def _blob_entry(data: bytes) -> bytes:
+    """*data* as one pack entry: type and size header, then zlib."""
+    size = len(data)
+    byte = (3 << 4) | (size & 0x0F)     # type 3: blob
+    size >>= 4
+    head = bytearray()
+    while size:
+        head.append(byte | 0x80)
+        byte, size = size & 0x7F, size >> 7
+    head.append(byte)
+    # Level 1: git fetch keeps the pack as sent, and _store_compressed then
+    # rewrites every received pack at git's own level anyway.
+    return bytes(head) + zlib.compress(data, 1)
+
+
+class _PackRewriter:
+    """Copies a pack from a stream while checking its trailer, then appends
+    blobs and writes the new object count and trailer.
+
+    Git checks the pack again when it indexes it (``git fetch``); the trailer
+    is checked here too because it is replaced.
+    """
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.digest = hashlib.sha1()
+        self.count = 0
+
+    def write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.digest.update(data)
+
+    def copy_pack(self, source: BinaryIO, extra_objects: int, name: str) -> None:
+        header = source.read(12)
+        if len(header) != 12 or header[:4] != b"PACK" or \
+                struct.unpack(">I", header[4:8])[0] not in (2, 3):
+            raise FetchError(f"{name}: the delta bundle's pack has no pack header")
+        (count,) = struct.unpack(">I", header[8:12])
+        original = hashlib.sha1(header)
+        self.count = count + extra_objects
+        if self.count >= 1 << 32:
+            raise FetchError(f"{name}: too many objects for one pack")
+        self.write(header[:8] + struct.pack(">I", self.count))
+        held = b""
+        for chunk in iter(lambda: source.read(1 << 20), b""):
+            held += chunk
+            body, held = held[:-20], held[-20:]
+            original.update(body)
+            self.write(body)
+        if len(held) != 20 or original.digest() != held:
+            raise FetchError(f"{name}: the delta bundle's pack is corrupt (bad trailer)")
+
+    def finish(self) -> None:
+        self.out.write(self.digest.digest())
+
+
+def _rebuild_git_bundle(repo_path: str, unpacked: str, target: str,
+                        bundle: BundleEntry) -> int:
+    """Turn the decompressed delta bundle *unpacked* into a git bundle at *target*.
+
+    Each delta's old blob must be in the repository and its result must
+    hash to the blob id it names, or nothing is written to the repository
+    and a :class:`FetchError` says which.  Returns how many blobs it rebuilt.
+    """
+    import pygit2
+
+    repo = pygit2.Repository(repo_path)
+    name = bundle.file
+    staged = target + ".blobs"
+    rebuilt = 0
+    try:
+        with open(unpacked, "rb") as source, open(staged, "w+b") as blobs:
+            header = _check_header(source.read(MAX_HEADER_BYTES), bundle)
+            source.seek(header.length)
+            try:
+                for delta in iter_records(source.read):
+                    try:
+                        base = repo[delta.base]
+                    except (KeyError, ValueError):
+                        base = None
+                    if base is None or base.type_str != "blob":
+                        raise FetchError(f"{name}: the delta for {delta.target[:12]} needs "
+                                         f"blob {delta.base[:12]}, which this device does "
+                                         "not have; nothing was written")
+                    data = apply_delta(base.data, delta)
+                    got = blob_id(data)
+                    if got != delta.target:
+                        raise FetchError(f"{name}: the delta for {delta.target[:12]} "
+                                         f"rebuilds an object whose id is {got[:12]}; "
+                                         "refused, nothing was written")
+                    blobs.write(_blob_entry(data))
+                    rebuilt += 1
+            except DeltaError as err:
+                raise FetchError(f"{name}: {err}; nothing was written") from None
+            with open(target, "wb") as out:
+                out.write(BUNDLE_SIGNATURE
+                          + b"".join(f"-{c}\n".encode() for c in header.prerequisites)
+                          + b"".join(f"{oid} {ref}\n".encode() for ref, oid in header.refs)
+                          + b"\n")
+                pack = _PackRewriter(out)
+                pack.copy_pack(source, rebuilt, name)
+                blobs.seek(0)
+                for chunk in iter(lambda: blobs.read(1 << 20), b""):
+                    pack.write(chunk)
+                pack.finish()
+    except OSError as err:
+        raise FetchError(f"cannot rebuild {name}: {err.strerror}") from None
+    finally:
+        _unlink(staged)
+    log.info("%s: %d file(s) rebuilt from deltas", name, rebuilt)
+    return rebuilt
 
 
 def _git_fetch_bundle(repo_path: str, bundle_path: str, branch: str,

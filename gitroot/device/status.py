@@ -9,6 +9,7 @@ from typing import Optional
 from gitroot.boot.state import StateStore, bootable, booted_record, releases_named_by_refs
 from gitroot.boot.transitions import next_boot
 from gitroot.device.context import Device
+from gitroot.serve.daemon import read_record
 from gitroot.errors import GitrootError
 
 
@@ -47,6 +48,9 @@ def collect(device: Device, verify: bool = True) -> dict:
                        releases_named_by_refs(repo) if repo is not None else ())
     out = {
         "booted": booted,
+        # how the root is served: back end, binding and libfuse, as the
+        # boot path's mount recorded it (None when not booted by gitroot)
+        "mount": read_record(),
         "next_boot": None if choice is None else
         {"commit": choice.commit, "reason": choice.reason, "detail": choice.detail},
         "trial": None if state.trial is None else dict(vars(state.trial)),

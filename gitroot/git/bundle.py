@@ -3,9 +3,14 @@
 
 A bundle is a git bundle v2 -- the header ``# v2 git bundle``, the
 prerequisite ``-OLD``, the ref ``NEW refs/heads/BRANCH``, a blank line --
-followed by a pack, the whole xz-compressed.  ``index.json`` lists the
-bundles of a directory and each branch's head.  Everything parsed here may
-come from a hostile server: sizes are capped and every field is checked.
+followed by a pack, the whole xz-compressed.  A *delta bundle* (format
+``delta``) has the same header under the signature ``# gitroot delta bundle
+v1``, then per-file deltas (:mod:`gitroot.git.filedelta`), then a pack
+without the blobs those deltas rebuild.  ``index.json`` lists git bundles
+under ``bundles`` and delta bundles under ``delta-bundles``, a key devices
+older than the delta format ignore, and each branch's head.  Everything
+parsed here may come from a hostile server: sizes are capped and every
+field is checked.
 
 Pure functions and records; no network, no git program.
 """
@@ -19,9 +24,18 @@ from typing import Dict, Iterable, List, Optional, Tuple, Union
 from gitroot.errors import FetchError
 
 BUNDLE_SIGNATURE = b"# v2 git bundle\n"
+DELTA_SIGNATURE = b"# gitroot delta bundle v1\n"
 BUNDLE_SUFFIX = ".bundle.xz"
+DELTA_SUFFIX = ".delta.xz"
+GIT_FORMAT = "git"
+DELTA_FORMAT = "delta"
+SIGNATURES = {GIT_FORMAT: BUNDLE_SIGNATURE, DELTA_FORMAT: DELTA_SIGNATURE}
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "gitroot-bundles/1"
+#: Index key of the delta bundles; the format name stays ``gitroot-bundles/1``
+#: so that devices that predate delta bundles still read the index (they
+#: ignore keys they do not know, and keep fetching ``bundles``).
+DELTA_KEY = "delta-bundles"
 
 MAX_INDEX_BYTES = 4 << 20
 MAX_HEADER_BYTES = 1 << 20
@@ -43,6 +57,7 @@ class BundleHeader:
     refs: Tuple[Tuple[str, str], ...]
     length: int
     """Bytes of the header, including the blank line; the pack follows."""
+    format: str = GIT_FORMAT
 
 
 @dataclass(frozen=True)
@@ -56,10 +71,18 @@ class BundleEntry:
     file: str
     size: int
     sha256: str
+    unpacked: Optional[int] = None
+    """Bytes once decompressed; None in indexes written before gitroot 0.x
+    recorded it (the device then bounds decompression by a ratio)."""
+    format: str = GIT_FORMAT
+    """``git`` (a git bundle) or ``delta`` (a delta bundle)."""
 
     def to_json(self) -> dict:
-        return {"branch": self.branch, "from": self.from_commit, "to": self.to_commit,
-                "file": self.file, "size": self.size, "sha256": self.sha256}
+        doc = {"branch": self.branch, "from": self.from_commit, "to": self.to_commit,
+               "file": self.file, "size": self.size, "sha256": self.sha256}
+        if self.unpacked is not None:
+            doc["unpacked"] = self.unpacked
+        return doc
 
 
 @dataclass(frozen=True)
@@ -70,27 +93,43 @@ class StaticIndex:
     bundles: Tuple[BundleEntry, ...]
 
     def to_json(self) -> dict:
-        return {"format": INDEX_FORMAT,
-                "heads": dict(sorted(self.heads.items())),
-                "bundles": [b.to_json() for b in self.bundles]}
+        doc = {"format": INDEX_FORMAT,
+               "heads": dict(sorted(self.heads.items())),
+               "bundles": [b.to_json() for b in self.bundles if b.format == GIT_FORMAT]}
+        deltas = [b.to_json() for b in self.bundles if b.format == DELTA_FORMAT]
+        if deltas:
+            doc[DELTA_KEY] = deltas
+        return doc
 
 
 # -- reading bundles -------------------------------------------------------
+
+def bundle_format(data: bytes) -> Optional[str]:
+    """``git`` or ``delta`` if *data* starts like that kind of bundle (or could,
+    being shorter than the signature); None if it cannot be a bundle."""
+    for name, signature in SIGNATURES.items():
+        if data[:len(signature)] == signature[:len(data)]:
+            return name
+    return None
+
 
 def parse_bundle_header(data: bytes) -> BundleHeader:
     """Parse the start of an (uncompressed) bundle; raise ValueError if malformed.
 
     Pure.  Accepts the v2 format gitroot writes: prerequisites ``-OID
-    [comment]``, refs ``OID REFNAME``, a blank line.
+    [comment]``, refs ``OID REFNAME``, a blank line; and the same header of
+    a delta bundle.
     """
-    if not data.startswith(BUNDLE_SIGNATURE):
-        raise ValueError("not a git bundle (v2)")
-    end = data.find(b"\n\n", len(BUNDLE_SIGNATURE) - 1)
+    kind = bundle_format(data[:64])
+    if kind is None or len(data) < len(SIGNATURES[kind]):
+        raise ValueError("not a git bundle (v2) nor a gitroot delta bundle")
+    signature = SIGNATURES[kind]
+    end = data.find(b"\n\n", len(signature) - 1)
     if end < 0:
         raise ValueError("bundle header has no end")
     prerequisites: List[str] = []
     refs: List[Tuple[str, str]] = []
-    for raw in data[len(BUNDLE_SIGNATURE):end].split(b"\n"):
+    for raw in data[len(signature):end].split(b"\n"):
         try:
             line = raw.decode("ascii")
         except UnicodeDecodeError:
@@ -107,7 +146,7 @@ def parse_bundle_header(data: bytes) -> BundleHeader:
             refs.append((parts[1], parts[0]))
     if not refs:
         raise ValueError("bundle names no ref")
-    return BundleHeader(tuple(prerequisites), tuple(refs), end + 2)
+    return BundleHeader(tuple(prerequisites), tuple(refs), end + 2, kind)
 
 
 def read_compressed_header(path: str) -> BundleHeader:
@@ -151,17 +190,24 @@ def parse_index(text: Union[str, bytes], source: str = INDEX_NAME) -> StaticInde
         raise bad(f"format is {doc.get('format')!r}, expected {INDEX_FORMAT!r}")
     heads = doc.get("heads")
     bundles = doc.get("bundles")
-    if not isinstance(heads, dict) or not isinstance(bundles, list):
-        raise bad("'heads' must be an object and 'bundles' a list")
+    deltas = doc.get(DELTA_KEY, [])
+    if not isinstance(heads, dict) or not isinstance(bundles, list) \
+            or not isinstance(deltas, list):
+        raise bad(f"'heads' must be an object, 'bundles' and '{DELTA_KEY}' lists")
     for branch, commit in heads.items():
         if not isinstance(commit, str) or not HEX40.fullmatch(commit):
             raise bad(f"head of {branch!r} is not a commit id")
     entries = []
-    for number, item in enumerate(bundles, 1):
+    listed = [(GIT_FORMAT, number, item) for number, item in enumerate(bundles, 1)] + \
+        [(DELTA_FORMAT, number, item) for number, item in enumerate(deltas, 1)]
+    for kind, number, item in listed:
+        if kind == DELTA_FORMAT:
+            number = f"{number} of {DELTA_KEY}"
         if not isinstance(item, dict):
             raise bad(f"bundle {number} is not an object")
         branch, start, end = item.get("branch"), item.get("from"), item.get("to")
         name, size, sha = item.get("file"), item.get("size"), item.get("sha256")
+        unpacked = item.get("unpacked")
         if not isinstance(branch, str) or not branch:
             raise bad(f"bundle {number}: 'branch' must be a name")
         if start is not None and not (isinstance(start, str) and HEX40.fullmatch(start)):
@@ -174,7 +220,14 @@ def parse_index(text: Union[str, bytes], source: str = INDEX_NAME) -> StaticInde
             raise bad(f"bundle {number}: 'size' must be a positive integer")
         if not (isinstance(sha, str) and HEX64.fullmatch(sha)):
             raise bad(f"bundle {number}: 'sha256' must be 64 hex digits")
-        entries.append(BundleEntry(branch, start, end, name, size, sha))
+        if unpacked is None and kind == DELTA_FORMAT:
+            raise bad(f"bundle {number}: a delta bundle must give 'unpacked'")
+        if unpacked is not None and (not isinstance(unpacked, int)
+                                     or isinstance(unpacked, bool) or unpacked <= 0):
+            raise bad(f"bundle {number}: 'unpacked' must be a positive integer")
+        if kind == DELTA_FORMAT and start is None:
+            raise bad(f"bundle {number}: a delta bundle needs a 'from' commit")
+        entries.append(BundleEntry(branch, start, end, name, size, sha, unpacked, kind))
     return StaticIndex(dict(heads), tuple(entries))
 
 

@@ -19,8 +19,10 @@ each one a *lever* with the figure that justifies it in docs/performance.md:
     clears FUSE_CAP_READDIRPLUS_AUTO, so the kernel asks for READDIRPLUS on
     every listing, not only once it has seen lookups follow one.
 
-``GITROOT_FUSE3_OFF=lever,...`` turns levers off, so bench/mount.py can
-measure each one on its own; it is not meant for devices.
+``readdirplus`` and ``cache_symlinks`` are on by default (DEFAULT_LEVERS,
+with the reasons for the others).  ``GITROOT_FUSE3_OFF=lever,...`` and
+``GITROOT_FUSE3_ON=lever,...`` turn levers off and on, so bench/mount.py
+can measure each one on its own; they are not meant for devices.
 
 mfusepy is imported with FUSE_LIBRARY_PATH naming libfuse 3 (see LIBFUSE3)
 and refused if it still loaded another major version.
@@ -30,6 +32,7 @@ Threading: libfuse calls in on its one thread (``nothreads``).
 
 import ctypes
 import errno
+import itertools
 import logging
 import os
 from typing import Callable, Optional, Tuple
@@ -89,12 +92,24 @@ FUSE_FILL_DIR_PLUS = 1 << 1
 LOOP_ENDED = "8"
 
 LEVERS = ("readdirplus", "cache_readdir", "cache_symlinks", "plus_always")
+#: On unless turned off.  cache_readdir and plus_always are off: measured
+#: (docs/performance.md), with libfuse 3.14 the first brings nothing -- its
+#: high-level opendir does not pass keep_cache on, so the kernel drops the
+#: cached listing at every opendir -- and costs a trip through Python per
+#: directory opened; the second makes every warm listing a READDIRPLUS
+#: (attributes for each entry) where the kernel would send a plain READDIR.
+DEFAULT_LEVERS = frozenset(("readdirplus", "cache_symlinks"))
 LEVERS_OFF_ENV = "GITROOT_FUSE3_OFF"
+LEVERS_ON_ENV = "GITROOT_FUSE3_ON"
+
+
+def _names(variable: str) -> set:
+    return {name.strip() for name in os.environ.get(variable, "").split(",")}
 
 
 def levers_on() -> frozenset:
-    off = {name.strip() for name in os.environ.get(LEVERS_OFF_ENV, "").split(",")}
-    return frozenset(lever for lever in LEVERS if lever not in off)
+    return frozenset((DEFAULT_LEVERS | (_names(LEVERS_ON_ENV) & set(LEVERS)))
+                     - _names(LEVERS_OFF_ENV))
 
 
 def describe() -> Tuple[str, str]:
@@ -169,7 +184,11 @@ class _FUSE(mfusepy.FUSE):
 
         With READDIRPLUS each entry carries its full stat and
         FUSE_FILL_DIR_PLUS, so libfuse hands the kernel the attributes along
-        with the names (no LOOKUP per entry).  Otherwise mode and inode give
+        with the names (no LOOKUP per entry).  Entries are given offsets
+        (their position + 1): libfuse up to 3.15 sends inode 0 -- "ignore
+        these attributes" -- for every entry filled with offset 0, so plus
+        only works in this mode; the kernel then asks again from the offset
+        where a full buffer stopped.  Without plus, mode and inode give
         d_type and d_ino.  One stat buffer is reused: libfuse copies it
         during each filler call.  An entry that cannot be served is listed
         without a stat, and its lookup answers EIO.
@@ -178,11 +197,15 @@ class _FUSE(mfusepy.FUSE):
         plus = FUSE_FILL_DIR_PLUS if (flags & FUSE_READDIR_PLUS
                                       and "readdirplus" in self.levers) else 0
         st = mfusepy.c_stat()
-        filler(buf, b".", None, 0, 0)
-        filler(buf, b"..", None, 0, 0)
-        for name, stat in entries:
+        position = offset
+        if offset < 1 and filler(buf, b".", None, 1, 0):
+            return 0
+        if offset < 2 and filler(buf, b"..", None, 2, 0):
+            return 0
+        for name, stat in itertools.islice(entries, max(0, offset - 2), None):
+            position = max(position, 2) + 1
             if stat is None:
-                if filler(buf, name, None, 0, 0):
+                if filler(buf, name, None, position, 0):
                     break
                 continue
             if plus:
@@ -190,7 +213,7 @@ class _FUSE(mfusepy.FUSE):
             else:
                 st.st_mode = stat[0]
                 st.st_ino = stat[1]
-            if filler(buf, name, st, 0, plus):
+            if filler(buf, name, st, position, plus):
                 break
         return 0
 

@@ -469,6 +469,10 @@ def test_status_text_says_where_the_device_stands(world):
     second = publisher.release()
     device.run("fetch")
     device.boot()
+    # what the boot path's mount records about its FUSE back end
+    with open(os.path.join(device.run_dir, "mount.json"), "w") as f:
+        json.dump({"backend": "libfuse3", "binding": "mfusepy 3.1.1",
+                   "library": "libfuse 3.14", "commit": second}, f)
     lines = dict(line.split(":", 1) for line in device.run("status").stdout.splitlines())
     lines = {k.strip(): v.strip() for k, v in lines.items()}
     assert lines["booted"].startswith(f"{second[:12]} (trial, try 1 of 2)")
@@ -476,6 +480,8 @@ def test_status_text_says_where_the_device_stands(world):
     assert "signature: good ssh signature by release@example.org" in lines["trial"]
     assert lines["last good"].startswith(first[:12])
     assert lines["previous good"] == "-"
+    assert lines["served by"] == "libfuse3 (mfusepy 3.1.1, libfuse 3.14)"
+    assert device.status()["mount"]["backend"] == "libfuse3"
     assert lines["last fetch"].endswith(f"pinned {second[:12]} from stable as the next "
                                         "boot's trial (2 tries; " + lines["trial"].split(
                                             "signature: ", 1)[1] + ")")

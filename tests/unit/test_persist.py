@@ -363,3 +363,20 @@ def test_prune_etc_keeps_what_gc_keeps_and_the_current_one(tmp_path):
     assert persist.prune_etc(layout, {A}) == [B]           # C is mounted last: kept
     assert sorted(n for n in os.listdir(layout.etc) if n != "current") == [A, C]
     assert persist.prune_etc(Layout(str(tmp_path / "none")), set()) == []
+
+
+@pytest.mark.parametrize("line,persist", [("gitroot.persist=off", "off"),
+                                           ("gitroot.persist=on", "on"), ("", None)])
+def test_the_kiosk_option_on_the_command_line(line, persist):
+    from gitroot.boot.cmdline import parse_cmdline
+    params = parse_cmdline(f"boot=gitroot {line}")
+    assert params.options.get("persist") == persist
+    assert "persist" not in params.unknown_options
+
+
+@pytest.mark.parametrize("line", ["gitroot.persist=of", "gitroot.persist=", "gitroot.persist"])
+def test_a_malformed_kiosk_option_is_an_error(line):
+    from gitroot.boot.cmdline import parse_cmdline
+    from gitroot.errors import CmdlineError
+    with pytest.raises(CmdlineError, match="gitroot.persist"):
+        parse_cmdline(line)
