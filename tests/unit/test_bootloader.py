@@ -3,7 +3,6 @@ GRUB's grub.cfg and grubenv, systemd-boot's counted entries, and the sync
 from a device state to the loader's files (on a real repository in tmp_path)."""
 
 import os
-import re
 import shutil
 import subprocess
 
