@@ -36,7 +36,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, BinaryIO, Callable, List, Optional, Sequence, Union
 from urllib.parse import quote, urljoin, urlsplit
 
 from gitroot.device.deadline import Deadline, enforced
@@ -116,14 +116,7 @@ def fetch_static(base_url: str, repo: Union["pygit2.Repository", str, "os.PathLi
 
     repo_path = os.fspath(repo) if isinstance(repo, (str, os.PathLike)) else repo.path
     repo_path = repo_path.rstrip("/") or "/"
-    problem = branch_name_problem(branch)
-    if problem is not None:
-        raise FetchError(f"invalid branch name {branch!r}: {problem}")
-    scheme = urlsplit(base_url).scheme
-    if scheme not in ("http", "https"):
-        raise FetchError(f"{base_url}: a static bundle directory must be http(s)")
-    index_url = base_url if base_url.endswith("/" + INDEX_NAME) else \
-        base_url.rstrip("/") + "/" + INDEX_NAME
+    index_url = _index_url(base_url, branch)
     os.makedirs(workdir, exist_ok=True)
     ref = INCOMING + branch
 
@@ -140,35 +133,60 @@ def fetch_static(base_url: str, repo: Union["pygit2.Repository", str, "os.PathLi
         with enforced(overall.within(INDEX_SECONDS, index_url), FetchError):
             raw_index = _download_small(http, index_url, max_index_bytes, timeout)
         index = parse_index(raw_index, index_url)
-        present = [c for c in dict.fromkeys(have) if HEX40.fullmatch(c or "")
-                   and _has_commit(repo_path, c)]
-        head = index.heads.get(branch)
-        if head is not None and _has_commit(repo_path, head):
-            present.append(head)
-        chain = choose_chain(index, branch, present)
+        chain = _chain_from(index, repo_path, branch, have, max_bundle_bytes)
         if not chain:
             _set_ref(repo_path, ref, index.heads[branch])
             _report(progress, "done", 0, 0, "", 0, 0)
             return index.heads[branch]
-        for bundle in chain:
-            if bundle.size > max_bundle_bytes:
-                raise FetchError(f"{bundle.file}: {bundle.size} bytes is more than the "
-                                 f"{max_bundle_bytes} allowed")
-        log.info("fetching %s: %d bundle(s), %d bytes", branch, len(chain),
-                 sum(b.size for b in chain))
-        files = []
-        for number, bundle in enumerate(chain, 1):
-            url = urljoin(index_url, quote(bundle.file))
-            files.append(_download_bundle(http, url, bundle, workdir, timeout,
-                                          lambda done, total, n=number, f=bundle.file:
-                                          _report(progress, "download", n, len(chain), f,
-                                                  done, total)))
+        files = [_download_bundle(http, urljoin(index_url, quote(bundle.file)), bundle,
+                                  workdir, timeout,
+                                  lambda done, total, n=number, f=bundle.file:
+                                  _report(progress, "download", n, len(chain), f, done, total))
+                 for number, bundle in enumerate(chain, 1)]
     except requests.RequestException as err:
         raise FetchError(f"{base_url}: {_describe_request_error(err)}") from None
     finally:
         if own_session:
             http.close()
+    _install_chain(repo_path, ref, chain, files, max_unpacked_bytes, progress)
+    return chain[-1].to_commit
 
+
+def _index_url(base_url: str, branch: str) -> str:
+    """The index.json of *base_url*, after checking what the caller asks for."""
+    problem = branch_name_problem(branch)
+    if problem is not None:
+        raise FetchError(f"invalid branch name {branch!r}: {problem}")
+    if urlsplit(base_url).scheme not in ("http", "https"):
+        raise FetchError(f"{base_url}: a static bundle directory must be http(s)")
+    return base_url if base_url.endswith("/" + INDEX_NAME) else \
+        base_url.rstrip("/") + "/" + INDEX_NAME
+
+
+def _chain_from(index, repo_path: str, branch: str, have: Sequence[str],
+                max_bundle_bytes: int) -> List[BundleEntry]:
+    """The bundles to download, from a commit the repository holds to the
+    branch's head (empty: nothing to download); each within the size cap."""
+    present = [c for c in dict.fromkeys(have) if HEX40.fullmatch(c or "")
+               and _has_commit(repo_path, c)]
+    head = index.heads.get(branch)
+    if head is not None and _has_commit(repo_path, head):
+        present.append(head)
+    chain = choose_chain(index, branch, present)
+    for bundle in chain:
+        if bundle.size > max_bundle_bytes:
+            raise FetchError(f"{bundle.file}: {bundle.size} bytes is more than the "
+                             f"{max_bundle_bytes} allowed")
+    if chain:
+        log.info("fetching %s: %d bundle(s), %d bytes", branch, len(chain),
+                 sum(b.size for b in chain))
+    return chain
+
+
+def _install_chain(repo_path: str, ref: str, chain: List[BundleEntry], files: List[str],
+                   max_unpacked_bytes: int, progress: Optional[ProgressCallback]) -> None:
+    """Fetch each downloaded bundle into *ref*, in order; on any failure the
+    ref is put back as it was.  The downloads are deleted once fetched."""
     old_target = _read_ref(repo_path, ref)
     packs_before = _pack_files(repo_path)
     try:
@@ -182,9 +200,7 @@ def fetch_static(base_url: str, repo: Union["pygit2.Repository", str, "os.PathLi
     for path in files:
         _unlink(path)
     store_received(repo_path, packs_before)
-    head = chain[-1].to_commit
     _report(progress, "done", len(chain), len(chain), chain[-1].file, 0, 0)
-    return head
 
 
 def _report(progress: Optional[ProgressCallback], phase: str, number: int, count: int,
@@ -227,14 +243,32 @@ def _download_bundle(http: "requests.Session", url: str, bundle: BundleEntry,
     the path once size and SHA-256 match; a mismatch deletes the ``.part``
     (the next try starts over).  An interrupted transfer keeps it.
     """
-    import requests
-
     final = os.path.join(workdir, bundle.sha256 + BUNDLE_SUFFIX)
     part = final + ".part"
     if os.path.exists(final):
         if _file_matches(final, bundle):
             return final
         _unlink(final)
+    digest, have = _partial_download(part, bundle)
+    if have < bundle.size:
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        with http.get(url, stream=True, timeout=timeout, headers=headers) as response:
+            mode, digest, have = _resume_mode(response, url, part, bundle, digest, have)
+            report(have, bundle.size)
+            have = _receive(response, url, part, mode, bundle, digest, have, report)
+    if have != bundle.size:
+        raise FetchError(f"{url}: download interrupted at {have} of {bundle.size} bytes "
+                         "(the next fetch resumes it)")
+    if digest.hexdigest() != bundle.sha256:
+        _unlink(part)
+        raise FetchError(f"{url}: SHA-256 {digest.hexdigest()[:16]}... is not the "
+                         f"index's {bundle.sha256[:16]}...; download discarded")
+    os.replace(part, final)
+    return final
+
+
+def _partial_download(part: str, bundle: BundleEntry):
+    """(SHA-256 so far, bytes so far) of an interrupted download of *bundle*."""
     digest = hashlib.sha256()
     have = 0
     if os.path.exists(part):
@@ -245,69 +279,72 @@ def _download_bundle(http: "requests.Session", url: str, bundle: BundleEntry,
                 for chunk in iter(lambda: stream.read(1 << 20), b""):
                     digest.update(chunk)
                     have += len(chunk)
-    if have < bundle.size:
-        headers = {"Range": f"bytes={have}-"} if have else {}
-        with http.get(url, stream=True, timeout=timeout, headers=headers) as response:
-            if have and response.status_code == 206:
-                if not _content_range_starts_at(response.headers.get("Content-Range"),
-                                                have, bundle.size):
-                    raise FetchError(f"{url}: the server answered a resumed download with "
-                                     f"the wrong range "
-                                     f"({response.headers.get('Content-Range')!r})")
-                log.info("resuming %s at byte %d of %d", bundle.file, have, bundle.size)
-                mode = "ab"
-            elif response.status_code == 200:
-                if have:
-                    log.info("%s: the server does not resume; starting over", bundle.file)
-                digest, have, mode = hashlib.sha256(), 0, "wb"
-            elif response.status_code == 416 and have:
-                _unlink(part)   # the server's file is not what we started on
-                raise FetchError(f"{url}: the server refused to resume (HTTP 416); the "
-                                 "partial download was discarded")
-            else:
-                raise FetchError(f"{url}: HTTP {response.status_code}")
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and have + int(declared) > bundle.size:
-                if mode == "wb":
-                    _unlink(part)
-                raise FetchError(f"{url}: the server sends {have + int(declared)} bytes, "
-                                 f"the index says {bundle.size}")
-            report(have, bundle.size)
-            with open(part, mode) as out:
+    return digest, have
+
+
+def _resume_mode(response, url: str, part: str, bundle: BundleEntry, digest, have: int):
+    """How to write what the server answered: ("ab", digest, have) when it
+    resumes where we stopped, ("wb", a new digest, 0) when it starts over;
+    a FetchError for an answer that cannot be the bundle the index names."""
+    if have and response.status_code == 206:
+        if not _content_range_starts_at(response.headers.get("Content-Range"),
+                                        have, bundle.size):
+            raise FetchError(f"{url}: the server answered a resumed download with "
+                             f"the wrong range ({response.headers.get('Content-Range')!r})")
+        log.info("resuming %s at byte %d of %d", bundle.file, have, bundle.size)
+        mode = "ab"
+    elif response.status_code == 200:
+        if have:
+            log.info("%s: the server does not resume; starting over", bundle.file)
+        digest, have, mode = hashlib.sha256(), 0, "wb"
+    elif response.status_code == 416 and have:
+        _unlink(part)   # the server's file is not what we started on
+        raise FetchError(f"{url}: the server refused to resume (HTTP 416); the "
+                         "partial download was discarded")
+    else:
+        raise FetchError(f"{url}: HTTP {response.status_code}")
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and have + int(declared) > bundle.size:
+        if mode == "wb":
+            _unlink(part)
+        raise FetchError(f"{url}: the server sends {have + int(declared)} bytes, "
+                         f"the index says {bundle.size}")
+    return mode, digest, have
+
+
+def _receive(response, url: str, part: str, mode: str, bundle: BundleEntry, digest,
+             have: int, report: Callable[[int, int], None]) -> int:
+    """Append the response's body to *part*, never past the index's size;
+    returns the bytes now in *part* (fsynced however the transfer ends)."""
+    import requests
+
+    with open(part, mode) as out:
+        try:
+            chunks = response.iter_content(CHUNK)
+            while True:
                 try:
-                    chunks = response.iter_content(CHUNK)
-                    while True:
-                        try:
-                            chunk = next(chunks, b"")
-                        except requests.RequestException as err:
-                            raise FetchError(
-                                f"{url}: download interrupted at {have} of {bundle.size} "
-                                f"bytes ({_describe_request_error(err)}); the next fetch "
-                                "resumes it") from None
-                        if not chunk:
-                            break
-                        if have + len(chunk) > bundle.size:
-                            out.close()
-                            _unlink(part)
-                            raise FetchError(f"{url}: more bytes than the {bundle.size} "
-                                             "the index gives; download discarded")
-                        out.write(chunk)
-                        digest.update(chunk)
-                        have += len(chunk)
-                        report(have, bundle.size)
-                finally:
-                    if not out.closed:
-                        out.flush()
-                        os.fsync(out.fileno())
-    if have != bundle.size:
-        raise FetchError(f"{url}: download interrupted at {have} of {bundle.size} bytes "
-                         "(the next fetch resumes it)")
-    if digest.hexdigest() != bundle.sha256:
-        _unlink(part)
-        raise FetchError(f"{url}: SHA-256 {digest.hexdigest()[:16]}... is not the "
-                         f"index's {bundle.sha256[:16]}...; download discarded")
-    os.replace(part, final)
-    return final
+                    chunk = next(chunks, b"")
+                except requests.RequestException as err:
+                    raise FetchError(
+                        f"{url}: download interrupted at {have} of {bundle.size} "
+                        f"bytes ({_describe_request_error(err)}); the next fetch "
+                        "resumes it") from None
+                if not chunk:
+                    break
+                if have + len(chunk) > bundle.size:
+                    out.close()
+                    _unlink(part)
+                    raise FetchError(f"{url}: more bytes than the {bundle.size} "
+                                     "the index gives; download discarded")
+                out.write(chunk)
+                digest.update(chunk)
+                have += len(chunk)
+                report(have, bundle.size)
+        finally:
+            if not out.closed:
+                out.flush()
+                os.fsync(out.fileno())
+    return have
 
 
 def _content_range_starts_at(value: Optional[str], start: int, size: int) -> bool:

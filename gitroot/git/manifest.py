@@ -241,11 +241,22 @@ def parse_line(line: bytes) -> Entry:
         size = _int_field(fields[6], "size", 0, MAX_SIZE)
     if path == b"." and kind != KIND_DIR:
         raise ValueError("the root must be a directory")
+    rdev, hardlink, xattrs = _parse_extras(fields[7:], path)
+    if (kind in (KIND_CHAR, KIND_BLOCK)) != (rdev is not None):
+        raise ValueError("rdev is required for c and b entries and only for them")
+    if hardlink is not None and kind != KIND_FILE:
+        raise ValueError("only regular files can be hardlinks")
+    return Entry(path, kind, mode, uid, gid, mtime_ns, size, rdev, hardlink,
+                 tuple(xattrs))
 
+
+def _parse_extras(extras: List[bytes], path: bytes):
+    """(rdev, hardlink, xattrs) from a line's KEY=VALUE fields after the
+    seventh; each key at most once (xattrs once per name)."""
     rdev = None
     hardlink = None
     xattrs: List[Tuple[bytes, bytes]] = []
-    for extra in fields[7:]:
+    for extra in extras:
         key, sep, value = extra.partition(b"=")
         if not sep:
             raise ValueError(f"extra field {extra[:40]!r} is not KEY=VALUE")
@@ -261,26 +272,26 @@ def parse_line(line: bytes) -> Entry:
             if hardlink == path:
                 raise ValueError("hardlink to itself")
         elif key.startswith(b"xattr."):
-            name = unescape_path(key[6:])
-            if len(name) > MAX_XATTR_NAME or not _XATTR_NAME_RE.match(name):
-                raise ValueError(f"bad xattr name {name[:60]!r}")
-            try:
-                data = base64.b64decode(value, validate=True)
-            except (binascii.Error, ValueError):
-                raise ValueError(f"xattr {name.decode()} is not base64") from None
-            if len(data) > MAX_XATTR_VALUE:
-                raise ValueError(f"xattr {name.decode()} value too large")
+            name, data = _parse_xattr(key[6:], value)
             if any(n == name for n, _ in xattrs):
                 raise ValueError(f"xattr {name.decode()} given twice")
             xattrs.append((name, data))
         else:
             raise ValueError(f"unknown or repeated field {key[:40]!r}")
-    if (kind in (KIND_CHAR, KIND_BLOCK)) != (rdev is not None):
-        raise ValueError("rdev is required for c and b entries and only for them")
-    if hardlink is not None and kind != KIND_FILE:
-        raise ValueError("only regular files can be hardlinks")
-    return Entry(path, kind, mode, uid, gid, mtime_ns, size, rdev, hardlink,
-                 tuple(xattrs))
+    return rdev, hardlink, xattrs
+
+
+def _parse_xattr(escaped_name: bytes, value: bytes) -> Tuple[bytes, bytes]:
+    name = unescape_path(escaped_name)
+    if len(name) > MAX_XATTR_NAME or not _XATTR_NAME_RE.match(name):
+        raise ValueError(f"bad xattr name {name[:60]!r}")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"xattr {name.decode()} is not base64") from None
+    if len(data) > MAX_XATTR_VALUE:
+        raise ValueError(f"xattr {name.decode()} value too large")
+    return name, data
 
 
 @dataclass
@@ -318,6 +329,25 @@ def check_manifest_size(size: int, entries: Optional[int] = None) -> None:
     if entries is not None and entries > MAX_ENTRIES:
         raise ManifestError(f"the manifest has {entries} entries, more than the "
                             f"{MAX_ENTRIES} gitroot serves")
+
+
+def _placement_problem(entries: Dict[bytes, Entry], entry: Entry,
+                       parent: Optional[bytes]) -> Optional[str]:
+    """Why *entry* cannot join the entries read so far (its parent must be a
+    directory before it; a hardlink's leader an earlier, identical file)."""
+    if parent is not None:
+        parent_entry = entries.get(parent)
+        if parent_entry is None or parent_entry.kind != KIND_DIR:
+            return "parent is not a directory in the manifest"
+    if entry.hardlink is not None:
+        leader = entries.get(entry.hardlink)
+        if leader is None or leader.kind != KIND_FILE or leader.hardlink is not None:
+            return "hardlink target is not an earlier regular file"
+        if (leader.size, leader.mode, leader.uid, leader.gid, leader.mtime_ns,
+                leader.xattrs) != (entry.size, entry.mode, entry.uid, entry.gid,
+                                   entry.mtime_ns, entry.xattrs):
+            return "hardlink metadata differs from its target's"
+    return None
 
 
 def parse_manifest(data: bytes, strict: bool = False) -> Manifest:
@@ -374,22 +404,12 @@ def parse_manifest(data: bytes, strict: bool = False) -> Manifest:
         if path in man.poisoned:
             continue
         parent = parent_of(path) if path != b"." else None
-        if parent is not None:
-            parent_entry = entries.get(parent)
-            if parent_entry is None or parent_entry.kind != KIND_DIR:
-                reject(lineno, line, "parent is not a directory in the manifest")
-                continue
+        problem = _placement_problem(entries, entry, parent)
+        if problem is not None:
+            reject(lineno, line, problem)
+            continue
         ino = len(inode) + 1
         if entry.hardlink is not None:
-            leader = entries.get(entry.hardlink)
-            if leader is None or leader.kind != KIND_FILE or leader.hardlink is not None:
-                reject(lineno, line, "hardlink target is not an earlier regular file")
-                continue
-            if (leader.size, leader.mode, leader.uid, leader.gid, leader.mtime_ns,
-                    leader.xattrs) != (entry.size, entry.mode, entry.uid, entry.gid,
-                                       entry.mtime_ns, entry.xattrs):
-                reject(lineno, line, "hardlink metadata differs from its target's")
-                continue
             ino = inode[entry.hardlink]
             nlink[ino] = nlink.get(ino, 1) + 1
         entries[path] = entry

@@ -164,6 +164,7 @@ def _fixed_mmap_threshold() -> None:
 def _serve_in_background(view: RootView, mountpoint: str, allow_other: bool,
                          log_file: Optional[str], debug: bool, jail: Optional[str] = None,
                          suid: bool = False, backend: Optional[Backend] = None) -> int:
+    """Fork the daemon; return its pid once the kernel finished FUSE_INIT."""
     ready_r, ready_w = os.pipe()
     err_r, err_w = os.pipe()
     sys.stdout.flush()
@@ -172,69 +173,81 @@ def _serve_in_background(view: RootView, mountpoint: str, allow_other: bool,
     if pid == 0:                                        # the daemon
         os.close(ready_r)
         os.close(err_r)
-        status = 1
-        try:
-            os.setsid()
-            devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, 0)
-            os.dup2(devnull, 1)
-            os.dup2(err_w, 2)      # until ready, libfuse's complaints go to the parent
-            _daemon_logging(log_file, debug)
-
-            def ready():
-                # Called by libfuse (FUSE_INIT) on its thread: an exception
-                # here would be swallowed by ctypes, so a failure is told to
-                # the parent directly.
-                try:
-                    target = devnull
-                    if log_file:
-                        target = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-                                         0o640)
-                    if jail is not None:
-                        _enter_jail(jail)
-                except BaseException as err:    # noqa: B902
-                    os.write(err_w, f"{err}\n".encode())
-                    os._exit(1)
-                os.dup2(target, 2)
-                os.close(err_w)
-                os.write(ready_w, b"ready\n")
-                os.close(ready_w)
-
-            _serve(view, mountpoint, allow_other, ready, debug, suid, backend)
-            status = 0
-        except BaseException as err:    # noqa: B902 - the daemon must never return
-            try:
-                os.write(2, f"{err}\n".encode())
-            except OSError:
-                pass
-        finally:
-            os._exit(status)
-
+        _run_daemon(view, mountpoint, allow_other, log_file, debug, jail, suid, backend,
+                    ready_w, err_w)
     os.close(ready_w)
     os.close(err_w)
     try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        answer = b""
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise MountError(f"{mountpoint}: the FUSE daemon (pid {pid}) did not "
-                                 f"become ready within {READY_TIMEOUT:.0f} s")
-            readable, _, _ = select.select([ready_r], [], [], left)
-            if not readable:
-                continue
-            chunk = os.read(ready_r, 64)
-            if not chunk:
-                break
-            answer += chunk
-        if answer.startswith(b"ready"):
-            return pid
-        os.waitpid(pid, 0)
-        detail = _read_all(err_r).decode(errors="replace").strip().replace("\n", "; ")
-        raise MountError(f"{mountpoint}: mount failed: {detail or 'the FUSE daemon exited'}")
+        return _wait_until_ready(pid, mountpoint, ready_r, err_r)
     finally:
         os.close(ready_r)
         os.close(err_r)
+
+
+def _run_daemon(view: RootView, mountpoint: str, allow_other: bool, log_file: Optional[str],
+                debug: bool, jail: Optional[str], suid: bool, backend: Optional[Backend],
+                ready_w: int, err_w: int) -> None:
+    """The forked daemon: serve until unmounted, then exit; never returns."""
+    status = 1
+    try:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        os.dup2(err_w, 2)      # until ready, libfuse's complaints go to the parent
+        _daemon_logging(log_file, debug)
+
+        def ready():
+            # Called by libfuse (FUSE_INIT) on its thread: an exception
+            # here would be swallowed by ctypes, so a failure is told to
+            # the parent directly.
+            try:
+                target = devnull
+                if log_file:
+                    target = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                                     0o640)
+                if jail is not None:
+                    _enter_jail(jail)
+            except BaseException as err:    # noqa: B902
+                os.write(err_w, f"{err}\n".encode())
+                os._exit(1)
+            os.dup2(target, 2)
+            os.close(err_w)
+            os.write(ready_w, b"ready\n")
+            os.close(ready_w)
+
+        _serve(view, mountpoint, allow_other, ready, debug, suid, backend)
+        status = 0
+    except BaseException as err:    # noqa: B902 - the daemon must never return
+        try:
+            os.write(2, f"{err}\n".encode())
+        except OSError:
+            pass
+    finally:
+        os._exit(status)
+
+
+def _wait_until_ready(pid: int, mountpoint: str, ready_r: int, err_r: int) -> int:
+    """Wait for the daemon's "ready" (FUSE_INIT done) or its failure."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    answer = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise MountError(f"{mountpoint}: the FUSE daemon (pid {pid}) did not "
+                             f"become ready within {READY_TIMEOUT:.0f} s")
+        readable, _, _ = select.select([ready_r], [], [], left)
+        if not readable:
+            continue
+        chunk = os.read(ready_r, 64)
+        if not chunk:
+            break
+        answer += chunk
+    if answer.startswith(b"ready"):
+        return pid
+    os.waitpid(pid, 0)
+    detail = _read_all(err_r).decode(errors="replace").strip().replace("\n", "; ")
+    raise MountError(f"{mountpoint}: mount failed: {detail or 'the FUSE daemon exited'}")
 
 
 def _read_all(fd: int) -> bytes:
