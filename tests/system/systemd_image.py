@@ -55,7 +55,6 @@ GRUB_MODULES = ("biosdisk part_msdos ext2 normal linux echo test loadenv regexp 
 
 # Prints what the booted system sees, then powers off (QEMU then exits).
 REPORT = r"""#!/bin/sh
-exec >/dev/ttyS0 2>&1
 say() { echo "GITROOT-TEST: $*"; }
 # wait (bounded) until every other start-up job is done
 n=0
@@ -68,6 +67,10 @@ while [ "$n" -lt 120 ] && ! systemctl is-active -q serial-getty@ttyS0.service; d
     sleep 1; n=$((n + 1))
 done
 sleep 2
+# Open the console only now: the serial getty's vhangup() at its start
+# revokes every descriptor opened on ttyS0 before it, and every later write
+# to one would fail (a race with the getty that lost whole reports).
+exec >/dev/ttyS0 2>&1
 say "release $(cat /etc/gitroot-test-release)"
 say "initrd $(cat /run/gitroot-test-initrd 2>/dev/null || echo none)"
 say "cmdline $(cat /proc/cmdline)"
