@@ -291,10 +291,17 @@ def loaded_library(soname: str) -> str:
     the name it was asked for); *soname* itself if it cannot be told."""
     try:
         with open("/proc/self/maps") as f:
-            for line in f:
-                path = line.rstrip("\n").partition("/")[2]
-                if path and os.path.basename(path).startswith(soname):
-                    return "/" + path
+            mapped = dict.fromkeys("/" + p for p in (line.rstrip("\n").partition("/")[2]
+                                                     for line in f) if p)
     except OSError:
-        pass
+        return soname
+    for path in mapped:
+        if os.path.basename(path).startswith(soname):
+            return path
+    # The file need not carry the soname: Debian 13's libfuse3.so.4 is a
+    # link to libfuse3.so.3.17.x.  Match what the soname resolves to.
+    for path in mapped:
+        candidate = os.path.join(os.path.dirname(path), soname)
+        if os.path.exists(candidate) and os.path.realpath(candidate) == os.path.realpath(path):
+            return path
     return soname

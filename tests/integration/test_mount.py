@@ -159,9 +159,11 @@ def test_libfuse_failure_is_one_clear_line(sample_commit, tmp_path):
     _, repo, commit = sample_commit
     (tmp_path / "mnt").mkdir()
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-    script = ('mount --bind /dev/null /dev/fuse && exec "$0" -m gitroot mount --repo "$1" '
-              '"$2" "$3"')
-    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script,
+    # Only /dev is made private, not /: in a chroot (.ci/chroot-test) / is
+    # no mount point and unshare's default "--propagation private" fails.
+    script = ('mount --make-rprivate /dev && mount --bind /dev/null /dev/fuse && '
+              'exec "$0" -m gitroot mount --repo "$1" "$2" "$3"')
+    proc = subprocess.run(["unshare", "-m", "--propagation", "unchanged", "sh", "-c", script,
                            sys.executable, repo, commit, str(tmp_path / "mnt")],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 6, proc.stderr
