@@ -62,6 +62,14 @@ while [ "$n" -lt 120 ] && systemctl list-jobs --no-legend 2>/dev/null \
         | grep -v -e gitroot-test-report -e getty | grep -q .; do
     sleep 1; n=$((n + 1))
 done
+# gitroot's units run after multi-user.target as Type=exec (no start job
+# waits for them): wait (bounded) until they are done
+m=0
+for unit in gitroot-mark-good.service gitroot-fetch.service; do
+    while [ "$m" -lt 900 ] && [ "$(systemctl show -p SubState --value "$unit")" = running ]; do
+        sleep 1; m=$((m + 1))
+    done
+done
 # and until the serial console shows its login prompt (bench/boot.py times it)
 while [ "$n" -lt 120 ] && ! systemctl is-active -q serial-getty@ttyS0.service; do
     sleep 1; n=$((n + 1))
