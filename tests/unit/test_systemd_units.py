@@ -39,9 +39,32 @@ def test_units_run_the_right_verbs():
 
 def test_fetch_service_has_a_deadline_beyond_the_fetchers_own():
     """A stalled fetch is ended by gitroot's fetch_timeout first (and recorded);
-    systemd's TimeoutStartSec is the backstop, so it must be longer."""
+    systemd's RuntimeMaxSec is the backstop, so it must be longer (the unit
+    is Type=exec: TimeoutStartSec would end only its start)."""
     from gitroot.device.config import Config, parse_duration
     with open(os.path.join(UNITS, "gitroot-fetch.service")) as f:
-        match = re.search(r"^TimeoutStartSec=(\S+)$", f.read(), re.M)
-    assert match, "gitroot-fetch.service has no TimeoutStartSec"
+        match = re.search(r"^RuntimeMaxSec=(\S+)$", f.read(), re.M)
+    assert match, "gitroot-fetch.service has no RuntimeMaxSec"
     assert parse_duration(match.group(1)) > Config().fetch_timeout
+
+
+def _settings(name):
+    settings = {}
+    with open(os.path.join(UNITS, name)) as f:
+        for line in f:
+            key, sep, value = line.strip().partition("=")
+            if sep and not key.startswith("#"):
+                settings.setdefault(key, []).extend(value.split())
+    return settings
+
+
+@pytest.mark.parametrize("name", ["gitroot-fetch.service", "gitroot-mark-good.service"])
+def test_the_boot_waits_for_neither_fetch_nor_mark_good(name):
+    """multi-user.target is ordered after what it wants unless the unit is
+    ordered after it; a oneshot's start job lasts until it exits, and the
+    Type=idle getty waits for every start job: the boot would wait for a
+    Python start (docs/performance.md, "Boot time")."""
+    settings = _settings(name)
+    assert "multi-user.target" in settings["WantedBy"]
+    assert "multi-user.target" in settings["After"]
+    assert settings["Type"] == ["exec"]
