@@ -92,23 +92,29 @@ def test_boot_select_and_mount_through_the_helper(tmp_path, repo):
     proc = _dash(tmp_path, f"""
 gitroot_helper_start
 gitroot_ask params >/dev/null
+state={tmp_path / "medium" / "gitroot" / "state"}
+pinned=$(gitroot_ask boot-select --dry-run --with-reason --config /dev/null \\
+    --repo {repo_path} --state-dir "$state"); echo "pinned $? $pinned"
+# what the script does when a debug pin cannot be mounted
+gitroot_ask setenv GITROOT_CMDLINE "boot=gitroot gitroot.commit={commit}"
 choice=$(gitroot_ask boot-select --with-reason --config /dev/null --repo {repo_path} \\
-    --state-dir {tmp_path / "medium" / "gitroot" / "state"}); echo "select $? $choice"
+    --state-dir "$state"); echo "select $? $choice"
 gitroot_ask mount --repo {repo_path} --suid --pid-file {tmp_path / "daemon.pid"} \\
     {commit} {mnt}; echo "mount $?"
 gitroot_ask mount --repo {repo_path} 0000000000000000000000000000000000000000 {mnt}
 echo "bad mount $?"
 gitroot_helper_stop
 echo "stopped $?"
-""", f"boot=gitroot gitroot.commit={commit}")
+""", f"boot=gitroot update-revision={commit}")
     try:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         lines = proc.stdout.splitlines()
-        assert lines[0] == f"select 0 {commit} loader"
-        assert lines[1] == "mount 0"
-        assert lines[2] != "bad mount 0" and lines[2].startswith("bad mount ")
+        assert lines[0] == f"pinned 0 {commit} debug-pin"
+        assert lines[1] == f"select 0 {commit} loader"
+        assert lines[2] == "mount 0"
+        assert lines[3] != "bad mount 0" and lines[3].startswith("bad mount ")
         assert "Traceback" not in proc.stderr
-        assert lines[3] == "stopped 0"
+        assert lines[4] == "stopped 0"
         with open(tmp_path / "run" / "booted") as f:
             assert json.load(f)["commit"] == commit
         # the daemon the helper forked outlives it and holds neither FIFO
