@@ -87,6 +87,14 @@ def cached_build(kind: str, key: str, build: Callable[[str], None]) -> dict:
     base = cache_dir()
     os.makedirs(base, exist_ok=True)
     dest = os.path.join(base, f"{kind}-{key}")
+    try:
+        # A finished build is used without the lock, which another key's
+        # build holds for many minutes; touched first, so no pruning (of
+        # builds unused for STALE_AFTER) can take it.
+        os.utime(os.path.join(dest, "build.json"))
+        return _info(dest)
+    except FileNotFoundError:
+        pass
     with open(os.path.join(base, f"{kind}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         # Every build holds this lock, so a *.building seen here was
@@ -105,6 +113,10 @@ def cached_build(kind: str, key: str, build: Callable[[str], None]) -> dict:
             build(dest)
             print(f"built {dest} in {time.monotonic() - started:.0f} s")
         os.utime(os.path.join(dest, "build.json"))     # in use
+    return _info(dest)
+
+
+def _info(dest: str) -> dict:
     with open(os.path.join(dest, "build.json")) as f:
         info = json.load(f)
     info["dir"] = dest
