@@ -134,7 +134,10 @@ def layout(data: bytes) -> InitrdLayout:
         if view[at] == 0:
             # the kernel skips NUL padding between archives
             match = _NOT_NUL.search(data, at)
-            at = match.start() if match else len(view)
+            padded = match.start() if match else len(view)
+            if in_early and early_end == at:
+                early_end = padded      # the early part keeps its padding
+            at = padded
             continue
         found = _archive(view, at)
         if found is None:
