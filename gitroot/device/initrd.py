@@ -40,9 +40,10 @@ import logging
 import re
 import shutil
 import subprocess
+import tempfile
 import zlib
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 from gitroot.errors import GitrootError
 
@@ -59,6 +60,8 @@ GZIP_LEVEL = 6
 #: seconds zstd may take (a 512 MiB initrd on a slow board: about a minute)
 ZSTD_TIMEOUT = 900
 CODECS = ("auto", "zstd", "gzip")
+#: bytes decompressed at a time when a stream is checked against the initrd
+CHUNK = 1 << 20
 
 CPIO_MAGICS = (b"070701", b"070702")
 CPIO_HEADER = 110
@@ -79,9 +82,7 @@ _NOT_NUL = re.compile(rb"[^\0]")
 
 
 class InitrdError(GitrootError):
-    """An initrd gitroot refuses to install (too big)."""
-
-    exit_code = 9
+    """An initrd gitroot refuses to install (too big), or cannot rewrite."""
 
 
 @dataclass(frozen=True)
@@ -161,8 +162,27 @@ def gzip_stream(data: bytes, level: int = GZIP_LEVEL) -> bytes:
     return compressor.compress(data) + compressor.flush()
 
 
-def _gunzip(stream: bytes) -> bytes:
-    return zlib.decompress(stream, 16 + zlib.MAX_WBITS)
+def _gunzip_chunks(stream: bytes) -> Iterator[bytes]:
+    """*stream* (one gzip member) decompressed, a chunk at a time."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    pending = stream
+    while pending and not inflater.eof:
+        yield inflater.decompress(pending, CHUNK)
+        pending = inflater.unconsumed_tail
+    if not inflater.eof or inflater.unused_data:
+        raise zlib.error("not one whole gzip member")
+
+
+def _matches(chunks: Iterator[bytes], data: bytes) -> bool:
+    """Do *chunks* add up to *data*?  (Compared as they come: a stream is
+    checked without a second copy of the initrd in memory.)"""
+    view = memoryview(data)
+    at = 0
+    for chunk in chunks:
+        if view[at:at + len(chunk)] != chunk:
+            return False
+        at += len(chunk)
+    return at == len(view)
 
 
 def zstd_stream(data: bytes, level: int = ZSTD_LEVEL) -> Optional[bytes]:
@@ -184,13 +204,42 @@ def zstd_stream(data: bytes, level: int = ZSTD_LEVEL) -> Optional[bytes]:
     return proc.stdout
 
 
+def _unzstd_chunks(stream: bytes) -> Iterator[bytes]:
+    """*stream* through ``zstd -d``, a chunk at a time; an OSError when zstd
+    is missing or fails."""
+    with tempfile.TemporaryFile() as source:
+        source.write(stream)
+        source.seek(0)
+        with subprocess.Popen([shutil.which("zstd") or "zstd", "-q", "-d", "-c"],
+                              stdin=source, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL) as proc:
+            try:
+                yield from iter(lambda: proc.stdout.read(CHUNK), b"")
+            finally:
+                proc.stdout.close()
+                if proc.wait(timeout=ZSTD_TIMEOUT) != 0:
+                    raise OSError(f"zstd -d exited {proc.returncode}")
+
+
 def _unzstd(stream: bytes) -> Optional[bytes]:
     try:
-        proc = subprocess.run([shutil.which("zstd") or "zstd", "-q", "-d", "-c"],
-                              input=stream, capture_output=True, timeout=ZSTD_TIMEOUT)
+        return b"".join(_unzstd_chunks(stream))
     except (OSError, subprocess.SubprocessError):
         return None
-    return proc.stdout if proc.returncode == 0 else None
+
+
+def _zstd_matches(stream: bytes, data: bytes) -> bool:
+    try:
+        return _matches(_unzstd_chunks(stream), data)
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _gzip_matches(stream: bytes, data: bytes) -> bool:
+    try:
+        return _matches(_gunzip_chunks(stream), data)
+    except zlib.error:
+        return False
 
 
 def compress(data: bytes, codec: str = "auto") -> Tuple[bytes, str]:
@@ -201,12 +250,12 @@ def compress(data: bytes, codec: str = "auto") -> Tuple[bytes, str]:
         raise ValueError(f"unknown initrd codec {codec!r}")
     if codec in ("auto", "zstd"):
         stream = zstd_stream(data)
-        if stream is not None and _unzstd(stream) == data:
+        if stream is not None and _zstd_matches(stream, data):
             return stream, "zstd"
         if stream is not None:
             log.warning("the zstd stream does not decompress to the initrd; gzip instead")
     stream = gzip_stream(data)
-    if _gunzip(stream) != data:
+    if not _gzip_matches(stream, data):
         raise InitrdError("the compressed initrd does not decompress to the release's "
                           "(zlib fault?); not installed")
     return stream, "gzip"

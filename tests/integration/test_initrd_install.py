@@ -125,3 +125,30 @@ def _gitroot_on_path(tmp_path) -> str:
         f"#!/bin/sh\nPYTHONPATH={REPO_ROOT} exec {sys.executable} -m gitroot \"$@\"\n")
     (bindir / "gitroot").chmod(0o755)
     return f"{bindir}{os.pathsep}{os.environ['PATH']}"
+
+
+def test_an_oversized_initrd_gets_no_entry_and_nothing_else_changes(
+        tmp_path, initramfs_tree, monkeypatch, caplog):
+    """A hostile release's initrd is not read past the bound: with a boot
+    loader the release gets no entry (the others keep theirs); without one
+    (bootloader.type: none) installing it stops before anything is written."""
+    import pygit2
+    from gitroot.boot.state import State
+    from gitroot.device import bootfiles, initrd
+    from gitroot.device.bootloader import install_release, sync_boot_loader
+    repo_path = str(tmp_path / "repo.git")
+    plain = make_cpio(initramfs_tree)
+    good = commit_release(tmp_path, repo_path, 1, plain)
+    hostile = commit_release(tmp_path, repo_path, 2, plain + b"\0" * 4096)
+    repo = pygit2.Repository(repo_path)
+    monkeypatch.setattr(bootfiles, "MAX_INITRD", len(plain) + 100)
+    boot = tmp_path / "boot"
+    status = sync_boot_loader(repo, State(last_good=good, trial=None), good, "grub",
+                              str(boot), "boot=gitroot")
+    assert status.entries == {"last-good": good}
+    assert not install_release(repo, hostile, str(boot))
+    assert "more than the" in caplog.text
+    assert not (boot / "gitroot" / hostile).exists()
+    with pytest.raises(initrd.InitrdError, match="more than the"):
+        bootfiles.install_boot_files(repo, hostile, str(tmp_path / "plain-boot"), keep=[])
+    assert not (tmp_path / "plain-boot").exists()
