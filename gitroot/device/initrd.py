@@ -166,9 +166,13 @@ def _gunzip_chunks(stream: bytes) -> Iterator[bytes]:
     """*stream* (one gzip member) decompressed, a chunk at a time."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     pending = stream
-    while pending and not inflater.eof:
-        yield inflater.decompress(pending, CHUNK)
+    while not inflater.eof:
+        # with the input used up, zlib may still hold output: ask again
+        chunk = inflater.decompress(pending, CHUNK)
         pending = inflater.unconsumed_tail
+        if not chunk and not pending:
+            break
+        yield chunk
     if not inflater.eof or inflater.unused_data:
         raise zlib.error("not one whole gzip member")
 
