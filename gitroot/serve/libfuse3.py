@@ -111,9 +111,10 @@ LIBFUSE_VERSION = (mfusepy.fuse_version_major, mfusepy.fuse_version_minor)
 CACHE_READDIR_SINCE = (3, 16)
 #: fuse_file_info has backing_id (and the layout _FileInfo317 reads) since 3.17
 PASSTHROUGH_SINCE = (3, 17)
-#: On unless turned off.  cache_readdir is on where libfuse passes it on: in
-#: the trixie chroot (libfuse 3.17) it took the warm walk from 3.8x to 1.3x
-#: squashfs (docs/performance.md, "cache_readdir under libfuse 3.17").
+#: On unless turned off.  cache_readdir is on where libfuse passes it on:
+#: with libfuse 3.17 a warm walk then sends no READDIR at all, only OPENDIR
+#: and RELEASEDIR, and took 4.5x squashfs against 17.7x without it in one
+#: loaded run (docs/performance.md, "cache_readdir under libfuse 3.17").
 #: With libfuse 3.14 it brings nothing -- the kernel drops the listing at
 #: every opendir -- and costs a trip through Python per directory opened.
 #: plus_always is off: it makes every warm listing a READDIRPLUS
@@ -130,6 +131,8 @@ BLOB_CACHE_ENV = "GITROOT_BLOB_CACHE"
 BLOB_CACHE_MB_ENV = "GITROOT_BLOB_CACHE_MB"
 BLOB_CACHE_MB = 1024
 BLOB_CACHE_DIR = "gitroot-blob-cache"
+#: bytes read through the view per step while a blob is written to the cache
+BLOB_CHUNK = 1 << 20
 
 
 def _names(variable: str) -> set:
@@ -228,9 +231,6 @@ def _chunks(view: RootView, path: bytes, size: int):
             return
         offset += len(chunk)
         yield chunk
-
-
-BLOB_CHUNK = 1 << 20
 
 
 class _Operations(GitrootFS):
