@@ -558,9 +558,12 @@ def compare_mode(args, work: str) -> dict:
     print("back ends: " + ", ".join(f"{n} {g.backend or '(no record: fusepy)'}"
                                    for n, g in gitroots.items()))
     for name, g in gitroots.items():
-        if g.blob_cache:
+        if g.blob_cache and os.path.isdir(g.blob_cache):
             print(f"blob cache of {name}: {du(g.blob_cache) / 1e6:.1f} MB on disk "
                   f"({len(os.listdir(g.blob_cache))} files)")
+        elif g.blob_cache:
+            print(f"blob cache of {name}: none (no passthrough: libfuse < 3.17 or "
+                  "Linux < 6.9, see the daemon's log)")
     print_table(med, targets, counts, args.reps)
     return {
         "mode": ("device-" if args.device else "") + ("quick" if args.quick else "full"),
