@@ -113,8 +113,8 @@ CACHE_READDIR_SINCE = (3, 16)
 PASSTHROUGH_SINCE = (3, 17)
 #: On unless turned off.  cache_readdir is on where libfuse passes it on:
 #: with libfuse 3.17 a warm walk then sends no READDIR at all, only OPENDIR
-#: and RELEASEDIR, and took 4.5x squashfs against 17.7x without it in one
-#: loaded run (docs/performance.md, "cache_readdir under libfuse 3.17").
+#: and RELEASEDIR, and took 1.6x squashfs against 16.4x without it (best of
+#: 6; docs/performance.md, "cache_readdir under libfuse 3.17").
 #: With libfuse 3.14 it brings nothing -- the kernel drops the listing at
 #: every opendir -- and costs a trip through Python per directory opened.
 #: plus_always is off: it makes every warm listing a READDIRPLUS
