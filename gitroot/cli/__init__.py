@@ -41,6 +41,8 @@ VERBS = {
                      "merge /etc, mount the device's persistent data (initramfs)"),
     "boot-helper": ("gitroot.cli.boot_helper",
                     "answer the boot script's requests in one process (initramfs)"),
+    "uncompress-initrd": ("gitroot.cli.uncompress_initrd",
+                          "rewrite an initrd uncompressed (initramfs-tools' post-update hook)"),
     "bundle": ("gitroot.cli.bundle", "write a compressed bundle for a static HTTP directory"),
     "tag": ("gitroot.cli.tag", "make a signed annotated tag of a commit"),
     "verify": ("gitroot.cli.verify", "check the signature on a tag or commit"),
