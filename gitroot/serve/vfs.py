@@ -18,7 +18,9 @@ What it guarantees, for a repository that may come from an attacker:
   not match, a rejected line) the entry is an I/O error, never served wrong.
 
 Directories are loaded lazily, the first time a path under them is looked
-up, so mounting costs one manifest parse however large the tree is.
+up, and so are their manifest lines (``gitroot.git.manifest.ManifestIndex``):
+mounting costs one scan of the manifest, and memory grows with what was
+looked at, in compact nodes.
 
 Threading: meant for one thread (the adapter runs FUSE single-threaded).
 Lazy loading only ever adds complete, immutable nodes with single dict
@@ -88,15 +90,19 @@ def stat_dict(st: Stat) -> dict:
 class Node:
     """One entry: attributes ready for stat, plus where its content lives."""
 
-    __slots__ = ("path", "kind", "oid", "stat", "entry", "error", "children", "target")
+    # One per entry looked up stays in memory while mounted: no __dict__,
+    # and nothing of the manifest's Entry but its xattrs (usually the one
+    # shared empty tuple).
+    __slots__ = ("path", "kind", "oid", "stat", "xattrs", "error", "children", "target")
 
     def __init__(self, path: bytes, kind: str, oid: Optional[bytes], stat: Optional[Stat],
-                 entry: Optional[mf.Entry], error: Optional[str] = None):
+                 xattrs: Tuple[Tuple[bytes, bytes], ...] = (), error: Optional[str] = None):
         self.path = path
         self.kind = kind
         self.oid = oid              # raw 20 bytes: blob (f, l) or tree (d); None otherwise
-        self.stat = stat            # see Stat; None for an error node
-        self.entry = entry          # manifest entry (None: defaults were used)
+        self.stat = stat            # see Stat; None for an error node; its st_size is
+                                    # what a blob's length is checked against
+        self.xattrs = xattrs        # from the manifest
         self.error = error          # set: this entry is served as an I/O error
         self.children: Optional[Dict[bytes, "Node"]] = None   # dirs, once loaded
         self.target: Optional[bytes] = None                    # symlinks, once read
@@ -124,8 +130,8 @@ class RootView:
         root_tree = _raw(commit.tree_id)
         self._files = ObjectFiles(repo.path)
         self.manifest = self._load_manifest(root_tree)
-        root_entry = self.manifest.entries[b"."]
-        self.root = self._make_node(b".", mf.KIND_DIR, root_tree, root_entry)
+        self.root = self._make_node(b".", mf.KIND_DIR, root_tree, self.manifest.root,
+                                    self.manifest.lineno(0) - 1)
         self._logged: set = set()
         self._recent: Dict[bytes, bytes] = {}   # path -> blob, oldest first
         self._recent_bytes = 0
@@ -141,25 +147,28 @@ class RootView:
         where = self._files.locate(oid)
         return where.size if where is not None else None
 
-    def _load_manifest(self, root_tree: bytes) -> mf.Manifest:
+    def _load_manifest(self, root_tree: bytes) -> mf.ManifestIndex:
         where = f"commit {self.commit_id[:12]}"
-        # the manifest's size is checked before it is inflated (MAX_MANIFEST_BYTES)
-        manifest = mf.parse_manifest(read_manifest_bytes(self.odb, root_tree, where,
-                                                         size_of=self._stored_size))
-        for lineno, reason in manifest.rejected:
+
+        def rejected(lineno: int, reason: str) -> None:
             log.error("%s: manifest line %d rejected: %s", where, lineno, reason)
-        return manifest
+
+        # the manifest's size is checked before it is inflated (MAX_MANIFEST_BYTES);
+        # its lines are parsed directory by directory, as they are loaded
+        return mf.ManifestIndex(read_manifest_bytes(self.odb, root_tree, where,
+                                                    size_of=self._stored_size),
+                                on_reject=rejected)
 
     def _make_node(self, path: bytes, kind: str, oid: Optional[bytes],
-                   entry: Optional[mf.Entry], git_mode: int = 0) -> Node:
+                   entry: Optional[mf.Entry], ino: int = 0, git_mode: int = 0) -> Node:
+        xattrs: Tuple[Tuple[bytes, bytes], ...] = ()
         if entry is not None:
-            path = entry.path           # one bytes object for both (memory)
             mode = entry.st_mode
             uid, gid, mtime = entry.uid, entry.gid, entry.mtime_ns
             size = entry.size or 0
-            ino = self.manifest.inode[path]
-            nlink = self.manifest.nlink.get(ino, 1)
+            nlink = self.manifest.nlink(ino) if kind == mf.KIND_FILE else 1
             rdev = _device_number(entry.rdev) if entry.rdev else 0
+            xattrs = entry.xattrs
         else:
             # Not in the manifest (e.g. committed with plain git): git's own view.
             perm = {mf.KIND_DIR: 0o755, mf.KIND_SYMLINK: 0o777}.get(
@@ -172,12 +181,12 @@ class RootView:
             nlink = 1
             rdev = 0
         if kind == mf.KIND_DIR:
-            nlink = 2 + self.manifest.subdirs.get(path, 0)
-        return Node(path, kind, oid, (mode, ino, nlink, uid, gid, size, rdev, mtime), entry)
+            nlink = 2 + self.manifest.subdirs(path)
+        return Node(path, kind, oid, (mode, ino, nlink, uid, gid, size, rdev, mtime), xattrs)
 
     def _error_node(self, path: bytes, reason: str) -> Node:
         self._log_once(path, reason)
-        return Node(path, "?", None, None, None, reason)
+        return Node(path, "?", None, None, (), reason)
 
     def _log_once(self, path: bytes, reason: str) -> None:
         key = (path, reason)
@@ -189,7 +198,7 @@ class RootView:
         """Build *node*'s children from its tree and the manifest."""
         path = node.path
         prefix = b"" if path == b"." else path + b"/"
-        manifest = self.manifest
+        listed = {name: (verdict, ino) for name, verdict, ino in self.manifest.listing(path)}
         children: Dict[bytes, Node] = {}
         seen_git = set()
         items: List[go.TreeItem] = []
@@ -211,37 +220,34 @@ class RootView:
                 children[name] = self._error_node(child_path, "name appears twice in its tree")
                 continue
             seen_git.add(name)
-            children[name] = self._git_child(child_path, item)
-        cut = len(prefix)
-        for child_path in manifest.children.get(path, ()):
-            name = child_path[cut:]
-            if name in seen_git:
-                continue
-            entry = manifest.entries[child_path]
-            if entry.kind in mf.GIT_KINDS:
+            children[name] = self._git_child(child_path, item, *listed.pop(name, (None, 0)))
+        for name, (verdict, ino) in listed.items():
+            child_path = prefix + name
+            if isinstance(verdict, str):
+                if go.name_problem(name):      # could not even be listed
+                    self._log_once(path, f"entry {name[:60]!r}... not served: {verdict}")
+                    continue
+                children[name] = self._error_node(child_path, verdict)
+            elif verdict.kind in mf.GIT_KINDS:
                 children[name] = self._error_node(
                     child_path, "the manifest lists it but the tree has no such entry")
             else:
-                children[name] = self._entry_node(child_path, entry.kind, None, entry)
-        for child_path, reason in manifest.poisoned.items():
-            if mf.parent_of(child_path) == path:
-                name = child_path[len(prefix):]
-                if go.name_problem(name):      # could not even be listed
-                    self._log_once(path, f"entry {name[:60]!r}... not served: {reason}")
-                    continue
-                children[name] = self._error_node(child_path, reason)
+                children[name] = self._entry_node(child_path, verdict.kind, None, verdict, ino)
         return children
 
     def _entry_node(self, path: bytes, kind: str, oid: Optional[bytes],
-                    entry: Optional[mf.Entry], git_mode: int = 0) -> Node:
+                    entry: Optional[mf.Entry], ino: int, git_mode: int = 0) -> Node:
         """_make_node for one child: whatever is wrong with its entry costs
         that entry (an I/O error), never its directory."""
         try:
-            return self._make_node(path, kind, oid, entry, git_mode)
+            return self._make_node(path, kind, oid, entry, ino, git_mode)
         except EntryError as err:
             return self._error_node(path, str(err))
 
-    def _git_child(self, path: bytes, item: go.TreeItem) -> Node:
+    def _git_child(self, path: bytes, item: go.TreeItem,
+                   verdict: Optional[mf.Verdict], ino: int) -> Node:
+        """The node of a tree entry, with the manifest's *verdict* on its
+        line (None: it has none)."""
         mode = item.mode
         if mode == go.MODE_TREE or mode == go.MODE_GITLINK:
             kind = mf.KIND_DIR
@@ -251,15 +257,15 @@ class RootView:
             kind = mf.KIND_SYMLINK
         else:
             return self._error_node(path, f"unknown tree entry mode {mode:o}")
-        if path in self.manifest.poisoned:
-            return self._error_node(path, self.manifest.poisoned[path])
-        entry = self.manifest.entries.get(path)
+        if isinstance(verdict, str):
+            return self._error_node(path, verdict)
+        entry = verdict
         if entry is not None and entry.kind != kind:
             return self._error_node(path, f"the manifest says kind {entry.kind!r}, "
                                           f"the tree says {kind!r}")
         # A submodule (gitlink) is served as an empty directory.
         oid = None if mode == go.MODE_GITLINK else item.oid
-        node = self._entry_node(path, kind, oid, entry, git_mode=mode)
+        node = self._entry_node(path, kind, oid, entry, ino, git_mode=mode)
         if node.error is not None:
             return node
         if entry is None and oid is not None and kind != mf.KIND_DIR:
@@ -337,8 +343,7 @@ class RootView:
         return node.target
 
     def xattrs(self, path: bytes) -> Tuple[Tuple[bytes, bytes], ...]:
-        node = self.lookup(path)
-        return node.entry.xattrs if node.entry is not None else ()
+        return self.lookup(path).xattrs
 
     def read_file(self, path: bytes, size: int, offset: int) -> bytes:
         """Bytes [offset, offset+size) of the regular file at *path*.
@@ -407,8 +412,10 @@ class RootView:
             raise EntryError(reason) from None
 
     def _check_size(self, node: Node, actual: int) -> None:
-        expected = node.entry.size if node.entry is not None else None
-        if expected is not None and actual != expected:
+        # st_size is the manifest's size, or the size git's object header
+        # gave for a file the manifest lacks
+        expected = node.stat[ST_SIZE]
+        if actual != expected:
             reason = f"the manifest says {expected} bytes, the blob has {actual}"
             self._log_once(node.path, reason)
             raise EntryError(reason)
@@ -425,8 +432,8 @@ class RootView:
     def statfs(self) -> dict:
         # The commit never changes: add the sizes up once, not at every df.
         if self._statfs is None:
-            files = len(self.manifest.entries)
-            total = sum(e.size or 0 for e in self.manifest.entries.values())
+            files = len(self.manifest)
+            total = self.manifest.total_size()
             self._statfs = {
                 "f_bsize": 4096, "f_frsize": 4096,
                 "f_blocks": (total + 4095) // 4096, "f_bfree": 0, "f_bavail": 0,
