@@ -90,27 +90,45 @@ def stat_dict(st: Stat) -> dict:
 class Node:
     """One entry: attributes ready for stat, plus where its content lives."""
 
-    # One per entry looked up stays in memory while mounted: no __dict__,
-    # and nothing of the manifest's Entry but its xattrs (usually the one
-    # shared empty tuple).
-    __slots__ = ("path", "kind", "oid", "stat", "xattrs", "error", "children", "target")
+    # One node per entry a walk met stays in memory while mounted, so it is
+    # kept small (docs/performance.md, "Scale": ~230 bytes an entry less
+    # than a node with a Stat tuple, a path and the manifest's Entry): the
+    # attributes are slots (``stat`` builds the tuple when asked), only a
+    # directory keeps its path (it loads its children by it), and of the
+    # manifest's Entry only the xattrs stay (usually the one shared ()).
+    __slots__ = ("kind", "oid", "st_mode", "st_ino", "st_nlink", "st_uid", "st_gid",
+                 "st_size", "st_rdev", "st_mtime", "xattrs", "error", "path", "children",
+                 "target")
 
-    def __init__(self, path: bytes, kind: str, oid: Optional[bytes], stat: Optional[Stat],
-                 xattrs: Tuple[Tuple[bytes, bytes], ...] = (), error: Optional[str] = None):
-        self.path = path
+    def __init__(self, path: Optional[bytes], kind: str, oid: Optional[bytes],
+                 stat: Optional[Stat], xattrs: Tuple[Tuple[bytes, bytes], ...] = (),
+                 error: Optional[str] = None):
+        self.path = path            # directories only; None for other kinds
         self.kind = kind
         self.oid = oid              # raw 20 bytes: blob (f, l) or tree (d); None otherwise
-        self.stat = stat            # see Stat; None for an error node; its st_size is
-                                    # what a blob's length is checked against
+        (self.st_mode, self.st_ino, self.st_nlink, self.st_uid, self.st_gid,
+         self.st_size, self.st_rdev, self.st_mtime) = stat or _NO_STAT
         self.xattrs = xattrs        # from the manifest
         self.error = error          # set: this entry is served as an I/O error
         self.children: Optional[Dict[bytes, "Node"]] = None   # dirs, once loaded
         self.target: Optional[bytes] = None                    # symlinks, once read
 
     @property
+    def stat(self) -> Optional[Stat]:
+        """See Stat; None for an error node.  Its st_size is what a blob's
+        length is checked against."""
+        if self.error is not None:
+            return None
+        return (self.st_mode, self.st_ino, self.st_nlink, self.st_uid, self.st_gid,
+                self.st_size, self.st_rdev, self.st_mtime)
+
+    @property
     def attrs(self) -> Optional[dict]:
         """The stat dict (built on each call; the adapter uses .stat)."""
         return stat_dict(self.stat) if self.stat is not None else None
+
+
+_NO_STAT = (0,) * 8
 
 
 def _fallback_ino(path: bytes) -> int:
@@ -129,6 +147,8 @@ class RootView:
         self.commit_time_ns = commit.commit_time * 1_000_000_000
         root_tree = _raw(commit.tree_id)
         self._files = ObjectFiles(repo.path)
+        #: one int object per distinct mode, uid and gid (28 bytes an entry each)
+        self._shared_ints: Dict[int, int] = {}
         self.manifest = self._load_manifest(root_tree)
         self.root = self._make_node(b".", mf.KIND_DIR, root_tree, self.manifest.root,
                                     self.manifest.lineno(0) - 1)
@@ -182,11 +202,17 @@ class RootView:
             rdev = 0
         if kind == mf.KIND_DIR:
             nlink = 2 + self.manifest.subdirs(path)
+        else:
+            path = None
+        shared = self._shared_ints
+        mode = shared.setdefault(mode, mode)
+        uid = shared.setdefault(uid, uid)
+        gid = shared.setdefault(gid, gid)
         return Node(path, kind, oid, (mode, ino, nlink, uid, gid, size, rdev, mtime), xattrs)
 
     def _error_node(self, path: bytes, reason: str) -> Node:
         self._log_once(path, reason)
-        return Node(path, "?", None, None, (), reason)
+        return Node(None, "?", None, None, (), reason)
 
     def _log_once(self, path: bytes, reason: str) -> None:
         key = (path, reason)
@@ -270,8 +296,7 @@ class RootView:
             return node
         if entry is None and oid is not None and kind != mf.KIND_DIR:
             try:
-                st = node.stat
-                node.stat = st[:ST_SIZE] + (self._object_size(oid),) + st[ST_SIZE + 1:]
+                node.st_size = self._object_size(oid)
             except (KeyError, pygit2.GitError, ValueError) as err:
                 return self._error_node(path, f"object {oid.hex()} unreadable: {err}")
         return node
@@ -336,9 +361,9 @@ class RootView:
             if where is not None and where.size > PATH_MAX:
                 # no kernel takes a longer target; never inflate a huge one
                 reason = f"symlink target of {where.size} bytes (more than {PATH_MAX})"
-                self._log_once(node.path, reason)
+                self._log_once(path, reason)
                 raise EntryError(reason)
-            target = self._content(node)
+            target = self._content(node, path)
             node.target = target
         return node.target
 
@@ -362,7 +387,7 @@ class RootView:
             raise IsADirectoryError(path) if node.kind == mf.KIND_DIR else OSError(6, "no device")
         stream = self._streams.get(node.oid)
         if stream is not None:
-            return self._read_stream(node, stream, size, offset)
+            return self._read_stream(node, path, stream, size, offset)
         recent = self._recent
         data = recent.pop(path, None)
         if data is not None:
@@ -370,16 +395,17 @@ class RootView:
         else:
             where = self._files.locate(node.oid)
             if where is not None and where.size > STREAM_ABOVE:
-                self._check_size(node, where.size)
+                self._check_size(node, path, where.size)
                 if not where.delta:
-                    return self._read_stream(node, self._stream(node, where), size, offset)
+                    return self._read_stream(node, path, self._stream(node, path, where),
+                                             size, offset)
                 if where.size > MAX_WHOLE:
                     reason = (f"stored as a delta of {where.size} bytes: more than the "
                               f"{MAX_WHOLE >> 20} MiB a delta is inflated whole "
                               "(repack the repository)")
-                    self._log_once(node.path, reason)
+                    self._log_once(path, reason)
                     raise EntryError(reason)
-            data = self._content(node)
+            data = self._content(node, path)
         end = offset + size
         if end < len(data):
             # kept until read to its end; a big one (a delta) alone
@@ -389,44 +415,45 @@ class RootView:
                 self._recent_bytes -= len(recent.pop(next(iter(recent))))
         return data[offset:end]
 
-    def _stream(self, node: Node, where) -> StreamedBlob:
+    def _stream(self, node: Node, path: bytes, where) -> StreamedBlob:
         stream = StreamedBlob(node.oid, where)
         try:
             stream.verify()
         except (BlobStreamError, OSError, zlib.error) as err:
             reason = f"object {node.oid.hex()} is unreadable: {err}"
-            self._log_once(node.path, reason)
+            self._log_once(path, reason)
             raise EntryError(reason) from None
         self._streams[node.oid] = stream
         while len(self._streams) > RECENT_STREAMS:
             del self._streams[next(iter(self._streams))]
         return stream
 
-    def _read_stream(self, node: Node, stream: StreamedBlob, size: int, offset: int) -> bytes:
+    def _read_stream(self, node: Node, path: bytes, stream: StreamedBlob, size: int,
+                     offset: int) -> bytes:
         try:
             return stream.read(offset, size)
         except (BlobStreamError, OSError, zlib.error) as err:
             self._streams.pop(node.oid, None)
             reason = f"object {node.oid.hex()} is unreadable: {err}"
-            self._log_once(node.path, reason)
+            self._log_once(path, reason)
             raise EntryError(reason) from None
 
-    def _check_size(self, node: Node, actual: int) -> None:
+    def _check_size(self, node: Node, path: bytes, actual: int) -> None:
         # st_size is the manifest's size, or the size git's object header
         # gave for a file the manifest lacks
-        expected = node.stat[ST_SIZE]
+        expected = node.st_size
         if actual != expected:
             reason = f"the manifest says {expected} bytes, the blob has {actual}"
-            self._log_once(node.path, reason)
+            self._log_once(path, reason)
             raise EntryError(reason)
 
-    def _content(self, node: Node) -> bytes:
+    def _content(self, node: Node, path: bytes) -> bytes:
         try:
             data = self._read(node.oid, go.OBJ_BLOB, "content")
         except CorruptObjectError as err:
-            self._log_once(node.path, str(err))
+            self._log_once(path, str(err))
             raise EntryError(str(err)) from None
-        self._check_size(node, len(data))
+        self._check_size(node, path, len(data))
         return data
 
     def statfs(self) -> dict:
@@ -446,9 +473,10 @@ class RootView:
         node = self.lookup(path)
         yield path, node
         if node.kind == mf.KIND_DIR:
-            for _name, kid in sorted(self.children(node).items()):
+            prefix = b"" if path == b"." else path + b"/"
+            for name, kid in sorted(self.children(node).items()):
                 if kid.error is None:
-                    yield from self.walk(kid.path)
+                    yield from self.walk(prefix + name)
 
 
 def _device_number(rdev: Tuple[int, int]) -> int:
