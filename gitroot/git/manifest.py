@@ -343,8 +343,10 @@ def check_manifest_size(size: int, entries: Optional[int] = None) -> None:
 # A sort key is a path with each "/" turned into NUL, which no name holds and
 # which sorts before every other byte: plain bytes order of keys is then the
 # manifest's depth-first order (sort_key's), and a directory's whole subtree
-# is the one range of keys that start with its key and a NUL.  bisect finds
-# it in a sorted list of keys, so no per-directory table is needed.
+# is the one range of keys that start with its key and a NUL.  A binary
+# search over the lines finds it, so no per-directory table is needed, and
+# the keys themselves are not kept (5 MB at 100,000 entries): a line's key
+# is made again from its path field when the search looks at it.
 
 _SLASH_TO_NUL = bytes.maketrans(b"/", b"\0")
 ROOT_KEY = b""
@@ -359,12 +361,17 @@ def path_key(path: bytes) -> bytes:
     return ROOT_KEY if path == b"." else path.translate(_SLASH_TO_NUL)
 
 
+_PATH_FIELD = re.compile(rb"[^\t\n]*")
+
+
 def _field_key(field: bytes) -> bytes:
     """The sort key of an escaped path field; ValueError if unreadable."""
-    path = unescape_path(field)
-    if not path or b"\0" in path:
-        raise ValueError("not a relative path")
-    return path_key(path)
+    if b"%" in field or b"\0" in field or not field:
+        path = unescape_path(field)
+        if not path or b"\0" in path:
+            raise ValueError("not a relative path")
+        return path_key(path)
+    return ROOT_KEY if field == b"." else field.translate(_SLASH_TO_NUL)
 
 
 class ManifestIndex:
@@ -429,39 +436,35 @@ class ManifestIndex:
 
         The one loop over every line at mount: it does as little per line as
         it can (~0.4 us), since its cost is mount time for every boot."""
-        keys: List[bytes] = []
         starts = array("I")        # offsets below MAX_MANIFEST_BYTES < 2**32
         linenos: Optional[array] = None   # only once a line was rejected
         dir_keys: List[bytes] = []
-        careful = b"\0" in self._data
         offset = len(lines[0]) + 1
         last: Optional[bytes] = None
-        translate = bytes.translate
         for lineno, line in enumerate(lines[1:-1], start=2):
             start = offset
             offset += len(line) + 1
             path_field, _, rest = line.partition(b"\t")
-            if careful or b"%" in path_field or not path_field:
+            if b"%" in path_field or b"\0" in path_field or not path_field:
                 try:
                     key = _field_key(path_field)
                 except ValueError as err:
-                    linenos = self._scan_reject(lineno, None, str(err), keys, linenos)
+                    linenos = self._scan_reject(lineno, None, str(err), starts, linenos)
                     continue
             elif path_field == b".":
                 key = ROOT_KEY
-            else:
-                key = translate(path_field, _SLASH_TO_NUL)
+            else:           # _field_key's common case, inline (no call per line)
+                key = path_field.translate(_SLASH_TO_NUL)
             if last is None:
                 if key != ROOT_KEY:
                     linenos = self._scan_reject(lineno, key, "the first entry must be "
-                                                "the root '.'", keys, linenos)
+                                                "the root '.'", starts, linenos)
                     continue
             elif key <= last:
                 linenos = self._scan_reject(lineno, key, "entries out of order or repeated",
-                                            keys, linenos)
+                                            starts, linenos)
                 continue
             last = key
-            keys.append(key)
             starts.append(start)
             if linenos is not None:
                 linenos.append(lineno)
@@ -469,7 +472,6 @@ class ManifestIndex:
                 dir_keys.append(key)
         if last is None:
             raise ManifestError("manifest has no root entry")
-        self._keys = keys
         self._starts = starts
         self._linenos = linenos
         subdirs: Dict[bytes, int] = {}
@@ -480,10 +482,10 @@ class ManifestIndex:
         self._subdirs = subdirs
 
     def _scan_reject(self, lineno: int, key: Optional[bytes], reason: str,
-                     keys: List[bytes], linenos: Optional[array]) -> array:
+                     accepted: array, linenos: Optional[array]) -> array:
         if linenos is None:
             # every line before this one was accepted, in a row
-            linenos = array("I", range(2, 2 + len(keys)))
+            linenos = array("I", range(2, 2 + len(accepted)))
         self._reject(lineno, reason, None if key is None or key == ROOT_KEY
                      else key.replace(b"\0", b"/"))
         return linenos
@@ -512,7 +514,7 @@ class ManifestIndex:
 
     def __len__(self) -> int:
         """Lines the scan accepted (entries, for statfs)."""
-        return len(self._keys)
+        return len(self._starts)
 
     def lineno(self, i: int) -> int:
         return i + 2 if self._linenos is None else self._linenos[i]
@@ -523,9 +525,23 @@ class ManifestIndex:
 
     def _find(self, path: bytes) -> Optional[int]:
         key = path_key(path)
-        keys = self._keys
-        i = bisect_left(keys, key)
-        return i if i < len(keys) and keys[i] == key else None
+        i = self._search(key, 0, len(self._starts))
+        return i if i < len(self._starts) and self._key(i) == key else None
+
+    def _key(self, i: int) -> bytes:
+        """Line *i*'s sort key (the scan accepted it, so it can be read)."""
+        return _field_key(_PATH_FIELD.match(self._data, self._starts[i]).group())
+
+    def _search(self, key: bytes, lo: int, hi: int) -> int:
+        """The first line in [lo, hi) whose key is not below *key* (bisect_left)."""
+        line_key = self._key
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if line_key(mid) < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
 
     def _accept(self, i: int, follow: bool = True) -> Verdict:
         """Line *i*'s entry, or why it is rejected (nothing is logged here)."""
@@ -584,21 +600,20 @@ class ManifestIndex:
         Lines further down that no accepted directory line holds are
         rejected here (a directory line's own subtree is left for its own
         listing)."""
-        keys = self._keys
         if path == b".":
             prefix = ROOT_KEY
-            lo, hi = 1, len(keys)
+            lo, hi = 1, len(self._starts)
         else:
             own = path_key(path)
             prefix = own + b"\0"
-            lo = bisect_left(keys, prefix)
-            hi = bisect_left(keys, own + b"\x01", lo)
+            lo = self._search(prefix, 0, len(self._starts))
+            hi = self._search(own + b"\x01", lo, len(self._starts))
         poisoned = dict(self._poisoned_under.get(path, ()))
         cut = len(prefix)
         out: List[Tuple[bytes, Verdict, int]] = []
         i = lo
         while i < hi:
-            key = keys[i]
+            key = self._key(i)
             direct = key.find(b"\0", cut) < 0
             verdict: Verdict
             if direct and key[cut:] in poisoned:
@@ -615,7 +630,7 @@ class ManifestIndex:
             if direct:
                 out.append((key[cut:], verdict, self._inode(i, verdict)))
                 if isinstance(verdict, Entry) and verdict.kind == KIND_DIR:
-                    i = bisect_left(keys, key + b"\x01", i + 1, hi)
+                    i = self._search(key + b"\x01", i + 1, hi)
                     continue
             i += 1
         for name, why in poisoned.items():
@@ -660,7 +675,7 @@ class ManifestIndex:
         """The sizes of the accepted lines added up (for statfs; a scan of
         the whole file, so the caller keeps it)."""
         total = 0
-        for i in range(len(self._keys)):
+        for i in range(len(self._starts)):
             fields = self._line(i).split(b"\t", 7)
             if len(fields) >= 7 and fields[6].isdigit():
                 total += int(fields[6])
