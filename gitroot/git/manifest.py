@@ -18,11 +18,10 @@ import base64
 import binascii
 import re
 import stat
-import sys
 from array import array
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 from gitroot.errors import ManifestError
 
@@ -81,6 +80,10 @@ NS = 1_000_000_000
 _SAFE = frozenset(range(0x21, 0x7F)) - {ord("%")}
 _HEX = b"0123456789ABCDEF"
 _MTIME_RE = re.compile(rb"^(-?[0-9]{1,12})\.([0-9]{9})$")
+#: what check_path accepts, in one C-speed match for the common case (its
+#: loop over the components then only runs to name what is wrong)
+_PLAIN_PATH = re.compile(rb"(?:(?!\.\.?/)[^/\0]{1,255}/)*(?!\.\.?\Z)[^/\0]{1,255}")
+_KIND_OF = {k.encode(): k for k in "dflcbps"}
 _XATTR_NAME_RE = re.compile(rb"^(security|system|trusted|user)\.[\x21-\x7e]+$")
 
 
@@ -125,7 +128,7 @@ def check_path(path: bytes) -> None:
     non-empty, at most NAME_MAX bytes long (no kernel serves a longer name),
     and none of ``.``, ``..`` or containing NUL.
     """
-    if path == b".":
+    if path == b"." or _PLAIN_PATH.fullmatch(path):
         return
     if not path or path.startswith(b"/") or b"\0" in path:
         raise ValueError("not a relative path")
@@ -146,14 +149,13 @@ def sort_key(path: bytes) -> Tuple[bytes, ...]:
     return () if path == b"." else tuple(path.split(b"/"))
 
 
-# One Entry per manifest line stays in memory while a commit is mounted:
-# without a __dict__ each costs ~300 bytes less (dataclass slots: Python 3.10+).
-_SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}
+class Entry(NamedTuple):
+    """The metadata of one file system entry.
 
-
-@dataclass(frozen=True, **_SLOTS)
-class Entry:
-    """The metadata of one file system entry."""
+    A NamedTuple, not a frozen dataclass: the mount parses a line for every
+    entry a walk meets, and a frozen dataclass's __init__ (one
+    object.__setattr__ per field) was a fifth of that (docs/performance.md,
+    "Scale")."""
 
     path: bytes                 # relative, b"." for the root
     kind: str                   # one of KIND_*
@@ -216,13 +218,13 @@ def parse_line(line: bytes) -> Entry:
         raise ValueError(f"expected at least 7 tab-separated fields, got {len(fields)}")
     path = unescape_path(fields[0])
     check_path(path)
-    try:
-        kind = fields[1].decode("ascii")
-    except UnicodeDecodeError:
-        raise ValueError("bad kind") from None
-    if kind not in KIND_TO_IFMT:
-        raise ValueError(f"unknown kind {kind!r}")
-    if not fields[2] or any(c not in b"01234567" for c in fields[2]):
+    kind = _KIND_OF.get(fields[1])
+    if kind is None:
+        try:
+            raise ValueError(f"unknown kind {fields[1].decode('ascii')!r}")
+        except UnicodeDecodeError:
+            raise ValueError("bad kind") from None
+    if not fields[2] or fields[2].translate(None, b"01234567"):
         raise ValueError("mode is not octal")
     mode = int(fields[2], 8)
     if mode > 0o7777:
@@ -243,6 +245,10 @@ def parse_line(line: bytes) -> Entry:
         size = _int_field(fields[6], "size", 0, MAX_SIZE)
     if path == b"." and kind != KIND_DIR:
         raise ValueError("the root must be a directory")
+    if len(fields) == 7:        # no extras: most lines
+        if kind == KIND_CHAR or kind == KIND_BLOCK:
+            raise ValueError("rdev is required for c and b entries and only for them")
+        return Entry(path, kind, mode, uid, gid, mtime_ns, size)
     rdev, hardlink, xattrs = _parse_extras(fields[7:], path)
     if (kind in (KIND_CHAR, KIND_BLOCK)) != (rdev is not None):
         raise ValueError("rdev is required for c and b entries and only for them")
@@ -395,7 +401,10 @@ class ManifestIndex:
     A rejected line whose path can be read makes that path an I/O error
     (*listing* returns the reason instead of an entry).  *on_reject* is
     called once per rejected line, with its number and reason; *strict*
-    raises ManifestError instead.
+    raises ManifestError instead.  Lines below a name that has no accepted
+    directory line are checked by that name's own listing, if the tree
+    has a directory there, unless *every_line* (parse_manifest) asks for
+    them in the listing above.
 
     Memory: the file's bytes, one sort key and one offset per line, and the
     parsed directory entries that :meth:`directory` has checked.
@@ -405,7 +414,8 @@ class ManifestIndex:
     """
 
     def __init__(self, data: bytes, strict: bool = False,
-                 on_reject: Optional[Callable[[int, str], None]] = None):
+                 on_reject: Optional[Callable[[int, str], None]] = None,
+                 every_line: bool = False):
         check_manifest_size(len(data), data.count(b"\n") - 1)
         lines = data.split(b"\n")
         if lines[0] != HEADER:
@@ -415,6 +425,7 @@ class ManifestIndex:
         self._data = data
         self._strict = strict
         self._on_reject = on_reject
+        self._every_line = every_line
         #: rejected lines so far: line number -> reason
         self.rejected: Dict[int, str] = {}
         #: paths served as I/O errors because a line naming them was rejected
@@ -597,9 +608,11 @@ class ManifestIndex:
         """(name, entry or the reason it is an I/O error, inode) for each
         line directly in the directory *path*, in name order.
 
-        Lines further down that no accepted directory line holds are
-        rejected here (a directory line's own subtree is left for its own
-        listing)."""
+        A line is parsed by the listing of its own directory only: the
+        subtree of a child directory line is skipped in one jump, and so is
+        what lies below a name that has no accepted directory line (with
+        *every_line*, those lines are rejected here instead), so a hostile
+        tree of nested directories cannot make a line cost once per level."""
         if path == b".":
             prefix = ROOT_KEY
             lo, hi = 1, len(self._starts)
@@ -614,7 +627,11 @@ class ManifestIndex:
         i = lo
         while i < hi:
             key = self._key(i)
-            direct = key.find(b"\0", cut) < 0
+            child_end = key.find(b"\0", cut)
+            direct = child_end < 0
+            if not direct and not self._every_line:
+                i = self._search(key[:child_end] + b"\x01", i + 1, hi)
+                continue
             verdict: Verdict
             if direct and key[cut:] in poisoned:
                 verdict = poisoned.pop(key[cut:])
@@ -691,7 +708,7 @@ def parse_manifest(data: bytes, strict: bool = False) -> Manifest:
     that path is served as an I/O error (``poisoned``), so one hostile line
     cannot take the whole root filesystem down but is never served wrongly.
     """
-    index = ManifestIndex(data, strict=strict)
+    index = ManifestIndex(data, strict=strict, every_line=True)
     man = Manifest()
     man.entries[b"."] = index.root
     man.inode[b"."] = index.lineno(0) - 1
