@@ -91,27 +91,27 @@ class Node:
     """One entry: attributes ready for stat, plus where its content lives."""
 
     # One node per entry a walk met stays in memory while mounted, so it is
-    # kept small (docs/performance.md, "Scale": ~230 bytes an entry less
+    # kept small (docs/performance.md, "Scale": ~260 bytes an entry less
     # than a node with a Stat tuple, a path and the manifest's Entry): the
-    # attributes are slots (``stat`` builds the tuple when asked), only a
-    # directory keeps its path (it loads its children by it), and of the
-    # manifest's Entry only the xattrs stay (usually the one shared ()).
+    # attributes are slots (``stat`` builds the tuple when asked), of the
+    # manifest's Entry only the xattrs stay (usually the one shared ()),
+    # and what only some kinds need is kept by those kinds' subclasses
+    # (a directory its path and children, a symlink its target, an error
+    # node its reason); the class attributes answer for the others.
     __slots__ = ("kind", "oid", "st_mode", "st_ino", "st_nlink", "st_uid", "st_gid",
-                 "st_size", "st_rdev", "st_mtime", "xattrs", "error", "path", "children",
-                 "target")
+                 "st_size", "st_rdev", "st_mtime", "xattrs")
+    path: Optional[bytes] = None        # directories only
+    children: Optional[Dict[bytes, "Node"]] = None   # directories, once loaded
+    target: Optional[bytes] = None      # symlinks, once read
+    error: Optional[str] = None         # set: this entry is served as an I/O error
 
-    def __init__(self, path: Optional[bytes], kind: str, oid: Optional[bytes],
-                 stat: Optional[Stat], xattrs: Tuple[Tuple[bytes, bytes], ...] = (),
-                 error: Optional[str] = None):
-        self.path = path            # directories only; None for other kinds
+    def __init__(self, kind: str, oid: Optional[bytes], stat: Optional[Stat],
+                 xattrs: Tuple[Tuple[bytes, bytes], ...] = ()):
         self.kind = kind
         self.oid = oid              # raw 20 bytes: blob (f, l) or tree (d); None otherwise
         (self.st_mode, self.st_ino, self.st_nlink, self.st_uid, self.st_gid,
          self.st_size, self.st_rdev, self.st_mtime) = stat or _NO_STAT
         self.xattrs = xattrs        # from the manifest
-        self.error = error          # set: this entry is served as an I/O error
-        self.children: Optional[Dict[bytes, "Node"]] = None   # dirs, once loaded
-        self.target: Optional[bytes] = None                    # symlinks, once read
 
     @property
     def stat(self) -> Optional[Stat]:
@@ -126,6 +126,33 @@ class Node:
     def attrs(self) -> Optional[dict]:
         """The stat dict (built on each call; the adapter uses .stat)."""
         return stat_dict(self.stat) if self.stat is not None else None
+
+
+class DirNode(Node):
+    __slots__ = ("path", "children")
+
+    def __init__(self, path: bytes, oid: Optional[bytes], stat: Stat,
+                 xattrs: Tuple[Tuple[bytes, bytes], ...] = ()):
+        super().__init__(mf.KIND_DIR, oid, stat, xattrs)
+        self.path = path            # what its children are loaded by
+        self.children = None
+
+
+class SymlinkNode(Node):
+    __slots__ = ("target",)
+
+    def __init__(self, oid: Optional[bytes], stat: Stat,
+                 xattrs: Tuple[Tuple[bytes, bytes], ...] = ()):
+        super().__init__(mf.KIND_SYMLINK, oid, stat, xattrs)
+        self.target = None
+
+
+class ErrorNode(Node):
+    __slots__ = ("error",)
+
+    def __init__(self, reason: str):
+        super().__init__("?", None, None)
+        self.error = reason
 
 
 _NO_STAT = (0,) * 8
@@ -202,17 +229,18 @@ class RootView:
             rdev = 0
         if kind == mf.KIND_DIR:
             nlink = 2 + self.manifest.subdirs(path)
-        else:
-            path = None
         shared = self._shared_ints
-        mode = shared.setdefault(mode, mode)
-        uid = shared.setdefault(uid, uid)
-        gid = shared.setdefault(gid, gid)
-        return Node(path, kind, oid, (mode, ino, nlink, uid, gid, size, rdev, mtime), xattrs)
+        stat = (shared.setdefault(mode, mode), ino, nlink, shared.setdefault(uid, uid),
+                shared.setdefault(gid, gid), size, rdev, mtime)
+        if kind == mf.KIND_DIR:
+            return DirNode(path, oid, stat, xattrs)
+        if kind == mf.KIND_SYMLINK:
+            return SymlinkNode(oid, stat, xattrs)
+        return Node(kind, oid, stat, xattrs)
 
     def _error_node(self, path: bytes, reason: str) -> Node:
         self._log_once(path, reason)
-        return Node(None, "?", None, None, (), reason)
+        return ErrorNode(reason)
 
     def _log_once(self, path: bytes, reason: str) -> None:
         key = (path, reason)
