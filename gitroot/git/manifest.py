@@ -67,10 +67,10 @@ MAX_DEV_PART = 2**32 - 1
 LINUX_MAX_MAJOR = 2**12 - 1
 LINUX_MAX_MINOR = 2**20 - 1
 NAME_MAX = 255              # Linux's longest file name, in bytes
-#: The most entries and bytes a manifest may have: a mounted manifest costs
-#: the FUSE daemon about 1 KB of memory per entry (docs/performance.md), and
-#: the daemon runs in the initramfs of small devices.  A full Debian desktop
-#: has ~300,000 entries.
+#: The most entries and bytes a manifest may have: the FUSE daemon keeps the
+#: manifest's bytes while mounted, and about 350 bytes for each entry a walk
+#: met, plus libfuse's own (docs/performance.md, "Scale"); it runs in the
+#: initramfs of small devices.  A full Debian desktop has ~300,000 entries.
 MAX_ENTRIES = 500_000
 MAX_MANIFEST_BYTES = 64 << 20
 NS = 1_000_000_000
