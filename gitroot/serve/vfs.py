@@ -96,21 +96,23 @@ class Node:
     # attributes are slots (``stat`` builds the tuple when asked), of the
     # manifest's Entry only the xattrs stay (usually the one shared ()),
     # and what only some kinds need is kept by those kinds' subclasses
-    # (a directory its path and children, a symlink its target, an error
-    # node its reason); the class attributes answer for the others.
-    __slots__ = ("kind", "oid", "st_mode", "st_ino", "st_nlink", "st_uid", "st_gid",
-                 "st_size", "st_rdev", "st_mtime", "xattrs")
+    # (a directory its path and children, a symlink its target, a device
+    # its kind and number, an error node its reason); the class attributes
+    # answer for the others.  This class itself is a regular file's node.
+    __slots__ = ("oid", "st_mode", "st_ino", "st_nlink", "st_uid", "st_gid",
+                 "st_size", "st_mtime", "xattrs")
+    kind: str = mf.KIND_FILE
+    st_rdev: int = 0
     path: Optional[bytes] = None        # directories only
     children: Optional[Dict[bytes, "Node"]] = None   # directories, once loaded
     target: Optional[bytes] = None      # symlinks, once read
     error: Optional[str] = None         # set: this entry is served as an I/O error
 
-    def __init__(self, kind: str, oid: Optional[bytes], stat: Optional[Stat],
+    def __init__(self, oid: Optional[bytes], stat: Optional[Stat],
                  xattrs: Tuple[Tuple[bytes, bytes], ...] = ()):
-        self.kind = kind
         self.oid = oid              # raw 20 bytes: blob (f, l) or tree (d); None otherwise
         (self.st_mode, self.st_ino, self.st_nlink, self.st_uid, self.st_gid,
-         self.st_size, self.st_rdev, self.st_mtime) = stat or _NO_STAT
+         self.st_size, _rdev, self.st_mtime) = stat or _NO_STAT
         self.xattrs = xattrs        # from the manifest
 
     @property
@@ -130,28 +132,42 @@ class Node:
 
 class DirNode(Node):
     __slots__ = ("path", "children")
+    kind = mf.KIND_DIR
 
     def __init__(self, path: bytes, oid: Optional[bytes], stat: Stat,
                  xattrs: Tuple[Tuple[bytes, bytes], ...] = ()):
-        super().__init__(mf.KIND_DIR, oid, stat, xattrs)
+        super().__init__(oid, stat, xattrs)
         self.path = path            # what its children are loaded by
         self.children = None
 
 
 class SymlinkNode(Node):
     __slots__ = ("target",)
+    kind = mf.KIND_SYMLINK
 
     def __init__(self, oid: Optional[bytes], stat: Stat,
                  xattrs: Tuple[Tuple[bytes, bytes], ...] = ()):
-        super().__init__(mf.KIND_SYMLINK, oid, stat, xattrs)
+        super().__init__(oid, stat, xattrs)
         self.target = None
+
+
+class SpecialNode(Node):
+    """A device, fifo or socket (the manifest alone makes them)."""
+
+    __slots__ = ("kind", "st_rdev")
+
+    def __init__(self, kind: str, stat: Stat, xattrs: Tuple[Tuple[bytes, bytes], ...] = ()):
+        super().__init__(None, stat, xattrs)
+        self.kind = kind
+        self.st_rdev = stat[6]
 
 
 class ErrorNode(Node):
     __slots__ = ("error",)
+    kind = "?"
 
     def __init__(self, reason: str):
-        super().__init__("?", None, None)
+        super().__init__(None, None)
         self.error = reason
 
 
@@ -236,7 +252,9 @@ class RootView:
             return DirNode(path, oid, stat, xattrs)
         if kind == mf.KIND_SYMLINK:
             return SymlinkNode(oid, stat, xattrs)
-        return Node(kind, oid, stat, xattrs)
+        if kind == mf.KIND_FILE:
+            return Node(oid, stat, xattrs)
+        return SpecialNode(kind, stat, xattrs)
 
     def _error_node(self, path: bytes, reason: str) -> Node:
         self._log_once(path, reason)
