@@ -99,6 +99,86 @@ ExecStart=/usr/local/sbin/gitroot-test-report
 WantedBy=multi-user.target
 """
 
+# Scenario 6 (a power cut during a fetch) kills QEMU on this script's line:
+# the fetch's incoming pack on the medium is there and growing.
+TRANSFER_WATCH = r"""#!/bin/sh
+pack_dir=/run/gitroot/medium/gitroot/repo.git/objects/pack
+first=
+n=0
+while [ "$n" -lt 1800 ]; do
+    for f in "$pack_dir"/tmp_pack_*; do
+        [ -f "$f" ] || continue
+        size=$(stat -c %s "$f" 2>/dev/null) || continue
+        if [ -z "$first" ]; then
+            first=$size
+        elif [ "$size" -gt $((first + 1048576)) ]; then
+            echo "GITROOT-TEST: transfer under way: $first -> $size bytes in ${f##*/}" \
+                >/dev/ttyS0
+            exit 0
+        fi
+    done
+    sleep 0.5
+    n=$((n + 1))
+done
+"""
+
+TRANSFER_WATCH_UNIT = """[Unit]
+Description=gitroot test: say on the console when a fetch's pack arrives
+ConditionPathExists=/run/gitroot/booted
+
+[Service]
+ExecStart=/usr/local/sbin/gitroot-test-transfer-watch
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+# At shutdown, just before systemd unmounts /var: what still holds it
+# (open files, working directories, mappings, other mount namespaces).
+VAR_HOLDERS = r"""#!/bin/sh
+say() { echo "GITROOT-TEST: var-holder $*" >/dev/ttyS0; }
+say "mounts $(awk '$5 ~ "^/var" {print $5, $7, $9, $10}' /proc/self/mountinfo | tr '\n' ';')"
+say "unit $(systemctl show var.mount -p DefaultDependencies -p Before -p After \
+    -p Conflicts -p RequiredBy -p WantedBy -p What -p Options | tr '\n' ' ')"
+me=$(readlink /proc/self/ns/mnt)
+for p in /proc/[0-9]*; do
+    pid=${p#/proc/}
+    [ "$pid" = "$$" ] && continue
+    comm=$(cat "$p/comm" 2>/dev/null) || continue
+    for l in cwd root; do
+        t=$(readlink "$p/$l" 2>/dev/null)
+        case "$t" in /var|/var/*) say "$pid $comm $l $t" ;; esac
+    done
+    for f in "$p"/fd/*; do
+        t=$(readlink "$f" 2>/dev/null)
+        case "$t" in /var|/var/*) say "$pid $comm fd $t" ;; esac
+    done
+    grep -q ' /var/' "$p/maps" 2>/dev/null && say "$pid $comm maps"
+    ns=$(readlink "$p/ns/mnt" 2>/dev/null)
+    if [ -n "$ns" ] && [ "$ns" != "$me" ]; then
+        say "$pid $comm namespace $ns: $(awk '$5 ~ "^/var" {print $5}' "$p/mountinfo" | tr '\n' ' ')"
+    fi
+done
+say "end"
+"""
+
+VAR_HOLDERS_UNIT = """[Unit]
+Description=gitroot test: who holds /var at shutdown
+DefaultDependencies=no
+RequiresMountsFor=/var
+Before=local-fs.target umount.target
+Conflicts=umount.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/true
+ExecStop=/usr/local/sbin/gitroot-test-var-holders
+
+[Install]
+WantedBy=multi-user.target
+"""
+
 # copies the initrd's marker to /run, so the booted system can tell which
 # initrd the loader started
 INITRD_MARK_HOOK = """#!/bin/sh
@@ -140,7 +220,8 @@ def run(*cmd, **kwargs) -> subprocess.CompletedProcess:
 def _key() -> str:
     digest = hashlib.sha256()
     for part in (BUILD_FORMAT, PACKAGES, CMDLINE, REPORT, REPORT_UNIT, INITRD_MARK_HOOK,
-                 INITRD_MARK_SCRIPT, HEALTH_UNIT, GRUB_MODULES,
+                 INITRD_MARK_SCRIPT, HEALTH_UNIT, GRUB_MODULES, TRANSFER_WATCH,
+                 TRANSFER_WATCH_UNIT, VAR_HOLDERS, VAR_HOLDERS_UNIT,
                  inspect.getsource(_build), inspect.getsource(_release)):
         digest.update(part.encode() + b"\0")
     sources = [os.path.join(REPO_ROOT, p) for p in ("hooks/gitroot", "initramfs/gitroot")]
@@ -237,6 +318,11 @@ def _build(dest: str) -> None:
     _write(os.path.join(root, "usr/local/sbin/gitroot-test-report"), REPORT, 0o755)
     _write(os.path.join(root, "etc/systemd/system/gitroot-test-report.service"), REPORT_UNIT)
     _enable(root, "gitroot-test-report.service", "multi-user.target")
+    for name, script, unit in (("transfer-watch", TRANSFER_WATCH, TRANSFER_WATCH_UNIT),
+                               ("var-holders", VAR_HOLDERS, VAR_HOLDERS_UNIT)):
+        _write(os.path.join(root, f"usr/local/sbin/gitroot-test-{name}"), script, 0o755)
+        _write(os.path.join(root, f"etc/systemd/system/gitroot-test-{name}.service"), unit)
+        _enable(root, f"gitroot-test-{name}.service", "multi-user.target")
     _write(os.path.join(root, "etc/initramfs-tools/hooks/gitroot-test-mark"),
            INITRD_MARK_HOOK, 0o755)
     _write(os.path.join(root, "etc/initramfs-tools/scripts/init-bottom/gitroot-test-mark"),
@@ -453,11 +539,14 @@ class Boot:
 
 def qemu_boot(disks: List[str], timeout: float = 600, kernel: Optional[str] = None,
               initrd: Optional[str] = None, append: Optional[str] = None,
-              kill_after: Optional[str] = None, log_path: Optional[str] = None) -> Boot:
+              kill_after: Optional[str] = None, log_path: Optional[str] = None,
+              slow_disks: Optional[Dict[str, int]] = None) -> Boot:
     """Boot once (TCG, no network); QEMU exits when the guest powers off or
-    reboots (-no-reboot).  *kill_after*: kill QEMU when a serial line holds
-    this text (a power cut).  *log_path*: the serial lines, written as they
-    come (timestamped), to watch a boot or read it after a failure."""
+    reboots (-no-reboot).  *kill_after*: kill QEMU (SIGKILL) when a serial
+    line holds this text (a power cut).  *log_path*: the serial lines,
+    written as they come (timestamped), to watch a boot or read it after a
+    failure.  *slow_disks*: disk -> bytes per second it is read at (QEMU's
+    I/O throttling), for a transfer that lasts."""
     import select
     cmd = [QEMU, "-nodefaults", "-display", "none", "-no-reboot", "-m", "1024", "-smp", "2",
            "-accel", "tcg", "-nic", "none", "-serial", "stdio"]
@@ -467,7 +556,9 @@ def qemu_boot(disks: List[str], timeout: float = 600, kernel: Optional[str] = No
     if kernel:
         cmd += ["-kernel", kernel, "-initrd", initrd, "-append", append]
     for disk in disks:
-        cmd += ["-drive", f"file={disk},format=raw,if=virtio"]
+        limit = (slow_disks or {}).get(disk)
+        cmd += ["-drive", f"file={disk},format=raw,if=virtio"
+                + (f",throttling.bps-read={limit}" if limit else "")]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
