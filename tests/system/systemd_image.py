@@ -79,6 +79,7 @@ say "mark-good $(systemctl show -p Result --value gitroot-mark-good.service) $(s
 say "fetch $(systemctl show -p Result --value gitroot-fetch.service)"
 say "fetch-log $(journalctl -u gitroot-fetch.service -o cat --no-pager | tr '\n' '|')"
 say "root $(findmnt -n -o FSTYPE /)"
+say "var-mount $(systemctl show -p FragmentPath --value var.mount) $(systemctl show -p Requires --value systemd-journal-flush.service)"
 say "status-json $(gitroot status --json | tr -d '\n')"
 say "log-json $(gitroot log --json | tr -d '\n')"
 gitroot status 2>&1 | sed 's/^/GITROOT-TEST: status-line /'
@@ -133,52 +134,6 @@ ExecStart=/usr/local/sbin/gitroot-test-transfer-watch
 WantedBy=multi-user.target
 """
 
-# At shutdown, just before systemd unmounts /var: what still holds it
-# (open files, working directories, mappings, other mount namespaces).
-VAR_HOLDERS = r"""#!/bin/sh
-say() { echo "GITROOT-TEST: var-holder $*" >/dev/ttyS0; }
-say "mounts $(awk '$5 ~ "^/var" {print $5, $7, $9, $10}' /proc/self/mountinfo | tr '\n' ';')"
-say "unit $(systemctl show var.mount -p DefaultDependencies -p Before -p After \
-    -p Conflicts -p RequiredBy -p WantedBy -p What -p Options | tr '\n' ' ')"
-me=$(readlink /proc/self/ns/mnt)
-for p in /proc/[0-9]*; do
-    pid=${p#/proc/}
-    [ "$pid" = "$$" ] && continue
-    comm=$(cat "$p/comm" 2>/dev/null) || continue
-    for l in cwd root; do
-        t=$(readlink "$p/$l" 2>/dev/null)
-        case "$t" in /var|/var/*) say "$pid $comm $l $t" ;; esac
-    done
-    for f in "$p"/fd/*; do
-        t=$(readlink "$f" 2>/dev/null)
-        case "$t" in /var|/var/*) say "$pid $comm fd $t" ;; esac
-    done
-    grep -q ' /var/' "$p/maps" 2>/dev/null && say "$pid $comm maps"
-    ns=$(readlink "$p/ns/mnt" 2>/dev/null)
-    if [ -n "$ns" ] && [ "$ns" != "$me" ]; then
-        say "$pid $comm namespace $ns: $(awk '$5 ~ "^/var" {print $5}' "$p/mountinfo" | tr '\n' ' ')"
-    fi
-done
-say "end"
-"""
-
-VAR_HOLDERS_UNIT = """[Unit]
-Description=gitroot test: who holds /var at shutdown
-DefaultDependencies=no
-RequiresMountsFor=/var
-Before=local-fs.target umount.target
-Conflicts=umount.target
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/bin/true
-ExecStop=/usr/local/sbin/gitroot-test-var-holders
-
-[Install]
-WantedBy=multi-user.target
-"""
-
 # copies the initrd's marker to /run, so the booted system can tell which
 # initrd the loader started
 INITRD_MARK_HOOK = """#!/bin/sh
@@ -221,7 +176,7 @@ def _key() -> str:
     digest = hashlib.sha256()
     for part in (BUILD_FORMAT, PACKAGES, CMDLINE, REPORT, REPORT_UNIT, INITRD_MARK_HOOK,
                  INITRD_MARK_SCRIPT, HEALTH_UNIT, GRUB_MODULES, TRANSFER_WATCH,
-                 TRANSFER_WATCH_UNIT, VAR_HOLDERS, VAR_HOLDERS_UNIT,
+                 TRANSFER_WATCH_UNIT,
                  inspect.getsource(_build), inspect.getsource(_release)):
         digest.update(part.encode() + b"\0")
     sources = [os.path.join(REPO_ROOT, p) for p in ("hooks/gitroot", "initramfs/gitroot")]
@@ -318,11 +273,11 @@ def _build(dest: str) -> None:
     _write(os.path.join(root, "usr/local/sbin/gitroot-test-report"), REPORT, 0o755)
     _write(os.path.join(root, "etc/systemd/system/gitroot-test-report.service"), REPORT_UNIT)
     _enable(root, "gitroot-test-report.service", "multi-user.target")
-    for name, script, unit in (("transfer-watch", TRANSFER_WATCH, TRANSFER_WATCH_UNIT),
-                               ("var-holders", VAR_HOLDERS, VAR_HOLDERS_UNIT)):
-        _write(os.path.join(root, f"usr/local/sbin/gitroot-test-{name}"), script, 0o755)
-        _write(os.path.join(root, f"etc/systemd/system/gitroot-test-{name}.service"), unit)
-        _enable(root, f"gitroot-test-{name}.service", "multi-user.target")
+    _write(os.path.join(root, "usr/local/sbin/gitroot-test-transfer-watch"), TRANSFER_WATCH,
+           0o755)
+    _write(os.path.join(root, "etc/systemd/system/gitroot-test-transfer-watch.service"),
+           TRANSFER_WATCH_UNIT)
+    _enable(root, "gitroot-test-transfer-watch.service", "multi-user.target")
     _write(os.path.join(root, "etc/initramfs-tools/hooks/gitroot-test-mark"),
            INITRD_MARK_HOOK, 0o755)
     _write(os.path.join(root, "etc/initramfs-tools/scripts/init-bottom/gitroot-test-mark"),
