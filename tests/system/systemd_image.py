@@ -446,10 +446,10 @@ class Boot:
 def qemu_boot(disks: List[str], timeout: float = 600, kernel: Optional[str] = None,
               initrd: Optional[str] = None, append: Optional[str] = None,
               kill_after: Optional[str] = None, log_path: Optional[str] = None,
-              slow_disks: Optional[Dict[str, int]] = None) -> Boot:
+              slow_disks: Optional[Dict[str, int]] = None, kill_delay: float = 0) -> Boot:
     """Boot once (TCG, no network); QEMU exits when the guest powers off or
     reboots (-no-reboot).  *kill_after*: kill QEMU (SIGKILL) when a serial
-    line holds this text (a power cut).  *log_path*: the serial lines,
+    line holds this text, *kill_delay* seconds later (a power cut).  *log_path*: the serial lines,
     written as they come (timestamped), to watch a boot or read it after a
     failure.  *slow_disks*: disk -> bytes per second it is read at (QEMU's
     I/O throttling), for a transfer that lasts."""
@@ -472,13 +472,17 @@ def qemu_boot(disks: List[str], timeout: float = 600, kernel: Optional[str] = No
     buffer = b""
     log = open(log_path, "a") if log_path else None
     prompt_seen = False
+    kill_at: Optional[float] = None
     try:
         while True:
             left = timeout - (time.monotonic() - started)
             if left <= 0:
                 raise AssertionError(f"QEMU still running after {timeout} s:\n"
                                      + "\n".join(l for _, l in lines[-80:]))
-            ready, _, _ = select.select([proc.stdout], [], [], min(left, 5))
+            if kill_at is not None and time.monotonic() >= kill_at:
+                proc.kill()
+                kill_at = None
+            ready, _, _ = select.select([proc.stdout], [], [], min(left, 1 if kill_at else 5))
             if not ready:
                 continue
             chunk = os.read(proc.stdout.fileno(), 65536)
@@ -499,8 +503,9 @@ def qemu_boot(disks: List[str], timeout: float = 600, kernel: Optional[str] = No
                 if log:
                     log.write(f"{now:7.1f} {line}\n")
                     log.flush()
-                if kill_after and kill_after in line:
-                    proc.kill()
+                if kill_after and kill_after in line and kill_at is None:
+                    kill_at = time.monotonic() + kill_delay
+                    kill_after = None
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
