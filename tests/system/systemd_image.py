@@ -392,15 +392,20 @@ def _write_mbr(image: str, start: int, sectors: int) -> None:
         f.write(entry + bytes(48) + b"\x55\xaa")
 
 
-def updates_disk(info: dict, where: str, release: Optional[str]) -> str:
+def updates_disk(info: dict, where: str, release: Optional[str],
+                 git_config: Optional[Dict[str, str]] = None) -> str:
     """The second disk: the publisher's repository with main at *release*
-    (None: an empty disk, an update source that cannot be reached)."""
+    (None: an empty disk, an update source that cannot be reached), with
+    *git_config* set in it (git replaces the hard-linked config file, so
+    the cached build keeps its own)."""
     staging = os.path.join(where, "updates")
     os.makedirs(staging)
     if release is not None:
         repo = os.path.join(staging, "os.git")
         run("cp", "-al", os.path.join(info["dir"], "publisher.git"), repo)
         run("git", "-C", repo, "update-ref", "refs/heads/main", info["commits"][release])
+        for key, value in (git_config or {}).items():
+            run("git", "-C", repo, "config", key, value)
     image = os.path.join(where, "updates.img")
     size_mb = int(run("du", "-sm", staging).stdout.split()[0]) * 5 // 4 + 64
     run("mkfs.ext4", "-q", "-L", "updates", "-d", staging, image, f"{size_mb}M")

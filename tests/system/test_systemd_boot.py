@@ -255,11 +255,14 @@ def test_power_cut_during_a_fetch(built, tmp_path):
     pins v2."""
     v1, v2 = built["commits"]["v1"], built["commits"]["v2"]
     disk = image.make_medium(built, str(tmp_path), good=["v1"])
-    updates = image.updates_disk(built, str(tmp_path), "v2")
+    # pack.window=0: git sends v2's objects as they are stored, reading
+    # them from the slow disk while it sends (a delta search would read
+    # them all first, and then send 48 MB from memory in seconds)
+    updates = image.updates_disk(built, str(tmp_path), "v2", git_config={"pack.window": "0"})
     # the cut comes 40 s after the partial pack was seen growing: long
     # enough for ext4 to have committed it (a cut in the first seconds
     # leaves nothing of it on the medium), far from the end of a transfer
-    # of some 40 MB at 256 KiB/s
+    # of some 48 MB at 256 KiB/s
     cut = boot([disk, updates], slow_disks={updates: 256 * 1024},
                kill_after=image.MARK + " transfer under way", kill_delay=40)
     assert "transfer under way" in cut.text and image.MARK + " done" not in cut.text, \
