@@ -255,8 +255,13 @@ def _build(dest: str) -> None:
     timings["install-image"] = time.monotonic() - started
     with open(os.path.join(root, "etc/gitroot/gitroot.yml"), "a") as f:
         f.write("tries: 2\n")
-    shutil.copy(os.path.join(root, "boot", f"initrd.img-{version}"),
-                os.path.join(work, "gitroot-initrd.img"))
+    # as gitroot installs it for the boot loader (the release keeps it
+    # uncompressed), so bench/boot.py compares like with like
+    from gitroot.device.initrd import boot_initrd
+    with open(os.path.join(root, "boot", f"initrd.img-{version}"), "rb") as f:
+        installed, _ = boot_initrd(f.read())
+    with open(os.path.join(work, "gitroot-initrd.img"), "wb") as f:
+        f.write(installed)
 
     publisher = os.path.join(work, "publisher.git")
     started = time.monotonic()
