@@ -37,6 +37,15 @@ cd "$W"
 gitroot() { "$PYTHON" -m gitroot "$@"; }
 sample_tree() { "$PYTHON" "$repo_root/tests/sample_tree.py" "$@"; }
 
+# publish_release N: release N of the sample root tree, committed and
+# signed on the stable branch of the git server; its id goes to release-N.id.
+publish_release() {
+    run sample_tree release "$1" "publisher/rootfs-$1"
+    run gitroot commit "publisher/rootfs-$1" --repo srv/git/os.git --branch stable \
+        -m "release $1" --sign-key publisher/release-key
+    git --git-dir srv/git/os.git rev-parse stable >"release-$1.id"
+}
+
 step=0
 chapter() { step=$((step + 1)); printf '\n== %d. %s\n' "$step" "$*"; }
 say() { printf '%s\n' "$@" | fold -s -w 76 | sed 's/^/   /'; }
@@ -97,11 +106,8 @@ chapter "Release 1: commit and sign a root tree"
 say "The sample root tree has every awkward kind of metadata: setuid and" \
     "sticky bits, owners, device nodes, a fifo, hard links, xattrs (a file" \
     "capability), odd file names, nanosecond mtimes, a 50 MB file."
-run sample_tree release 1 publisher/rootfs-1
-run gitroot commit publisher/rootfs-1 --repo srv/git/os.git --branch stable \
-    -m "release 1" --sign-key publisher/release-key
-R1=$(git --git-dir srv/git/os.git rev-parse stable)
-echo "$R1" >release-1.id
+publish_release 1
+R1=$(cat release-1.id)
 run git -c gpg.ssh.allowedSignersFile=device/allowed_signers --git-dir srv/git/os.git log --format="%h %s (signature: %G? %GS)" stable
 
 # -----------------------------------------------------------------------------
@@ -166,11 +172,8 @@ chapter "Release 2: commit, sign, publish"
 say "A new kernel (so a new /boot/vmlinuz and initrd), a changed" \
     "/etc/os-release and a NEWS file. The git server has it as soon as it" \
     "is committed; the static directory gets an upgrade bundle 1 -> 2."
-run sample_tree release 2 publisher/rootfs-2
-run gitroot commit publisher/rootfs-2 --repo srv/git/os.git --branch stable \
-    -m "release 2" --sign-key publisher/release-key
-R2=$(git --git-dir srv/git/os.git rev-parse stable)
-echo "$R2" >release-2.id
+publish_release 2
+R2=$(cat release-2.id)
 run gitroot bundle --repo srv/git/os.git --from "$R1" --to stable --publish srv/www/releases/
 run cat srv/www/releases/index.json
 
@@ -206,11 +209,8 @@ chapter "Release 3, tampered with on the server, is refused"
 say "The publisher signs release 3; someone with access to the server" \
     "then swaps its tree for another one (an extra file in /etc), keeping" \
     "the commit's signature, and points the branch at the forgery."
-run sample_tree release 3 publisher/rootfs-3
-run gitroot commit publisher/rootfs-3 --repo srv/git/os.git --branch stable \
-    -m "release 3" --sign-key publisher/release-key
-R3=$(git --git-dir srv/git/os.git rev-parse stable)
-echo "$R3" >release-3.id
+publish_release 3
+R3=$(cat release-3.id)
 echo "root::0:0:root:/root:/bin/sh" >publisher/rootfs-3/etc/backdoor
 evil_tree=$(git --git-dir srv/git/os.git rev-parse \
     "$(gitroot commit publisher/rootfs-3 --repo srv/git/os.git --branch evil -m x 2>/dev/null)^{tree}")

@@ -81,4 +81,4 @@ def fuse_backend(request, monkeypatch):
     return request.param
 
 # Real lighttpd servers (git smart HTTP, static files) for fetcher tests.
-from servers import git_http_server, static_http_server  # noqa: E402,F401
+pytest_plugins = ("servers",)

@@ -41,9 +41,8 @@ from types import MappingProxyType
 from typing import Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 from gitroot.errors import CmdlineError
-# is_object_id and ref_name_problem: part of this parser's interface (tests)
-from gitroot.git.refs import (branch_name_problem, control_char_problem, is_object_id,  # noqa: F401
-                              is_full_object_id, ref_name_problem, revision_problem)  # noqa: F401
+from gitroot.git.refs import (branch_name_problem, control_char_problem, is_full_object_id,
+                              revision_problem)
 
 DEFAULT_PATH = "/proc/cmdline"
 ENV_OVERRIDE = "GITROOT_CMDLINE"

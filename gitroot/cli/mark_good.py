@@ -1,15 +1,12 @@
 """gitroot mark-good: the booted trial becomes the last good release."""
 
 import argparse
-import logging
 
 from gitroot.cli.device_args import add_device_arguments
 from gitroot.device.context import device_from_args
 from gitroot.boot.state import booted_commit
 from gitroot.boot.transitions import mark_good
 from gitroot.device.bootloader import abandon_if_loader_gave_up, sync_device
-
-log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,11 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     device = device_from_args(args)
-    store = device.store()
-    with store.locked():
-        state, problem = store.load_or_recover()
-        if problem is not None:     # saving below rewrites the file
-            log.warning("%s; rebuilt from refs/gitroot/*", problem)
+    with device.changing_state() as (store, state, problem):
         booted = args.booted or booted_commit()
         cfg = device.config
         state = abandon_if_loader_gave_up(store, state, cfg.bootloader.type, cfg.boot_dir,

@@ -1,7 +1,6 @@
 """gitroot pin REV | gitroot pin --release: choose the next boot's release by hand."""
 
 import argparse
-import logging
 import time
 
 from gitroot.boot.transitions import release_hold, schedule_trial
@@ -10,8 +9,6 @@ from gitroot.device.bootloader import sync_device
 from gitroot.device.context import device_from_args
 from gitroot.errors import UsageError
 from gitroot.git.repository import resolve_commit
-
-log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,11 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     device = device_from_args(args)
-    store = device.store()
-    with store.locked():
-        state, problem = store.load_or_recover()
-        if problem is not None:     # saving below rewrites the file
-            log.warning("%s; rebuilt from refs/gitroot/*", problem)
+    with device.changing_state() as (store, state, _problem):
         if args.release:
             store.save(release_hold(state), "release", who(), None,
                        "upgrades resumed")

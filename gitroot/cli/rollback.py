@@ -1,7 +1,6 @@
 """gitroot rollback: back to the previous good release."""
 
 import argparse
-import logging
 import time
 
 from gitroot.boot.state import booted_commit
@@ -10,8 +9,6 @@ from gitroot.cli.device_args import add_device_arguments, who
 from gitroot.device.bootloader import sync_device
 from gitroot.device.context import device_from_args
 
-log = logging.getLogger(__name__)
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_arguments(parser)
@@ -19,11 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     device = device_from_args(args)
-    store = device.store()
-    with store.locked():
-        state, problem = store.load_or_recover()
-        if problem is not None:     # saving below rewrites the file
-            log.warning("%s; rebuilt from refs/gitroot/*", problem)
+    with device.changing_state() as (store, state, _problem):
         result = rollback(state, booted_commit(), device.config.tries, time.time())
         store.save(result.state, "rollback", who(), result.commit, result.detail)
         sync_device(device, result.state)

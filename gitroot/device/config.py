@@ -26,7 +26,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import yaml
 
-from gitroot.boot.cmdline import BootParams, branch_name_problem
+from gitroot.boot.cmdline import BootParams
+from gitroot.git.refs import branch_name_problem
 from gitroot.errors import ConfigError
 
 DEFAULT_PATH = "/etc/gitroot/gitroot.yml"

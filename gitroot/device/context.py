@@ -5,13 +5,14 @@ boot-select) all start from a :class:`Device`.  The configuration file and
 the kernel command line are read once; the repository is opened on demand.
 """
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional, Tuple
 
 from gitroot.boot.cmdline import BootParams, read_cmdline, warn_unknown
 from gitroot.device.config import Config, load_config
-from gitroot.boot.state import StateStore
+from gitroot.boot.state import State, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,20 @@ class Device:
 
     def store(self, with_repo: bool = True) -> StateStore:
         return StateStore(self.state_dir, self.repo if with_repo else None)
+
+    @contextlib.contextmanager
+    def changing_state(self) -> Iterator[Tuple[StateStore, State, Optional[str]]]:
+        """The store and its state under the state lock, for a verb that
+        changes it.  An unreadable state file is rebuilt from the refs
+        (:meth:`StateStore.recover`) with a warning, and the verb's save
+        repairs the file instead of failing for ever; the third item is
+        that reason, None when the file was read."""
+        store = self.store()
+        with store.locked():
+            state, problem = store.load_or_recover()
+            if problem is not None:
+                log.warning("%s; rebuilt from refs/gitroot/*", problem)
+            yield store, state, problem
 
 
 def open_device(config_path: Optional[str] = None, repository: Optional[str] = None,

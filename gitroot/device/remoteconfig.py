@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from gitroot import __version__
-from gitroot.boot.cmdline import BootParams, branch_name_problem, revision_problem
+from gitroot.boot.cmdline import BootParams
+from gitroot.git.refs import branch_name_problem, revision_problem
 from gitroot.device.config import Config, RemoteConfigSource, load_yaml
 from gitroot.device.deadline import Deadline, enforced
 from gitroot.errors import ConfigError

@@ -179,7 +179,6 @@ def verify(signature: bytes, payload: bytes, keyring: str, revision: str = "",
 def interpret_status(status: List[List[bytes]], returncode: int, revision: str = "",
                      claimed_fingerprint: Optional[str] = None) -> OpenPgpSigner:
     """Turn gpgv's status lines into a signer or the matching SignatureError."""
-    results = [words for words in status if words and words[0].decode() in _RESULTS]
     keywords: Dict[str, List[bytes]] = {}
     for words in status:
         if words:
@@ -189,18 +188,9 @@ def interpret_status(status: List[List[bytes]], returncode: int, revision: str =
         values = keywords.get(keyword, [])
         return values[index].decode("ascii", "replace") if len(values) > index else ""
 
-    if not results:
-        if "NODATA" in keywords or "BADARMOR" in keywords or "UNEXPECTED" in keywords:
-            raise MalformedSignatureError(f"{revision}: OpenPGP signature block holds no "
-                                          "readable signature (truncated or garbled armor)",
-                                          revision)
-        raise MalformedSignatureError(f"{revision}: gpgv found no signature to check "
-                                      f"(exit status {returncode})", revision)
-    if len(results) > 1 or sum(1 for w in status if w and w[0] == b"NEWSIG") > 1:
-        raise MalformedSignatureError(f"{revision}: more than one OpenPGP signature in "
-                                      "one signature block", revision)
-    result = results[0][0].decode()
-    keyid = results[0][1].decode("ascii", "replace") if len(results[0]) > 1 else "?"
+    fields = _the_one_result(status, keywords, returncode, revision)
+    result = fields[0].decode()
+    keyid = fields[1].decode("ascii", "replace") if len(fields) > 1 else "?"
     if result == "BADSIG":
         who = keyid
         if claimed_fingerprint and claimed_fingerprint.endswith(keyid.upper()):
@@ -208,28 +198,9 @@ def interpret_status(status: List[List[bytes]], returncode: int, revision: str =
         raise BadSignatureError(f"{revision}: BAD OpenPGP signature by key {who} "
                                 "(content or signature altered)", revision, who)
     if result == "ERRSIG":
-        fields = results[0]
-        rc = fields[6].decode("ascii", "replace") if len(fields) > 6 else ""
-        who = fields[7].decode("ascii", "replace") if len(fields) > 7 and fields[7] != b"-" \
-            else keyid
-        if rc == "9" or "NO_PUBKEY" in keywords:
-            raise UntrustedSignatureError(f"{revision}: OpenPGP signature by key {who}, "
-                                          "which is not in the trusted keyring", revision, who)
-        if rc == "4":
-            raise UnsupportedSignatureError(f"{revision}: OpenPGP signature by key {who} "
-                                            "uses an unsupported algorithm", revision, who)
-        raise BadSignatureError(f"{revision}: OpenPGP signature by key {who} could not be "
-                                f"checked (gpgv error code {rc or '?'})", revision, who)
+        _refuse_unchecked(fields, keywords, keyid, revision)
     fpr = arg("VALIDSIG", 9) or arg("VALIDSIG", 0) or keyid
-    if result == "EXPKEYSIG" or "KEYEXPIRED" in keywords:
-        raise KeyValidityError(f"{revision}: OpenPGP signature by key {fpr}, which has "
-                               "expired", revision, fpr)
-    if result == "REVKEYSIG" or "KEYREVOKED" in keywords:
-        raise KeyValidityError(f"{revision}: OpenPGP signature by key {fpr}, which has "
-                               "been revoked", revision, fpr)
-    if result == "EXPSIG":
-        raise KeyValidityError(f"{revision}: OpenPGP signature by key {fpr} has expired",
-                               revision, fpr)
+    _refuse_invalid_key(result, keywords, fpr, revision)
     # GOODSIG: believe it only together with VALIDSIG and a zero exit status.
     if "VALIDSIG" not in keywords or returncode != 0:
         raise BadSignatureError(f"{revision}: gpgv reported GOODSIG without VALIDSIG "
@@ -245,3 +216,53 @@ def interpret_status(status: List[List[bytes]], returncode: int, revision: str =
     return OpenPgpSigner(fingerprint=fpr, signing_fingerprint=signing_fpr,
                          user_id=user_id,
                          created=int(created_text) if created_text.isdigit() else 0)
+
+
+def _the_one_result(status: List[List[bytes]], keywords: Dict[str, List[bytes]],
+                    returncode: int, revision: str) -> List[bytes]:
+    """The one result line (GOODSIG, BADSIG, ERRSIG, ...) of one signature;
+    none or several make the block malformed."""
+    results = [words for words in status if words and words[0].decode() in _RESULTS]
+    if not results:
+        if "NODATA" in keywords or "BADARMOR" in keywords or "UNEXPECTED" in keywords:
+            raise MalformedSignatureError(f"{revision}: OpenPGP signature block holds no "
+                                          "readable signature (truncated or garbled armor)",
+                                          revision)
+        raise MalformedSignatureError(f"{revision}: gpgv found no signature to check "
+                                      f"(exit status {returncode})", revision)
+    if len(results) > 1 or sum(1 for w in status if w and w[0] == b"NEWSIG") > 1:
+        raise MalformedSignatureError(f"{revision}: more than one OpenPGP signature in "
+                                      "one signature block", revision)
+    return results[0]
+
+
+def _refuse_unchecked(fields: List[bytes], keywords: Dict[str, List[bytes]], keyid: str,
+                      revision: str) -> None:
+    """ERRSIG: the signature could not be checked; say whether for want of
+    the key (untrusted), an algorithm gpgv lacks, or another reason."""
+    rc = fields[6].decode("ascii", "replace") if len(fields) > 6 else ""
+    who = fields[7].decode("ascii", "replace") if len(fields) > 7 and fields[7] != b"-" \
+        else keyid
+    if rc == "9" or "NO_PUBKEY" in keywords:
+        raise UntrustedSignatureError(f"{revision}: OpenPGP signature by key {who}, "
+                                      "which is not in the trusted keyring", revision, who)
+    if rc == "4":
+        raise UnsupportedSignatureError(f"{revision}: OpenPGP signature by key {who} "
+                                        "uses an unsupported algorithm", revision, who)
+    raise BadSignatureError(f"{revision}: OpenPGP signature by key {who} could not be "
+                            f"checked (gpgv error code {rc or '?'})", revision, who)
+
+
+def _refuse_invalid_key(result: str, keywords: Dict[str, List[bytes]], fpr: str,
+                        revision: str) -> None:
+    """A mathematically good signature by an expired or revoked key, or one
+    that has itself expired, is still refused."""
+    if result == "EXPKEYSIG" or "KEYEXPIRED" in keywords:
+        raise KeyValidityError(f"{revision}: OpenPGP signature by key {fpr}, which has "
+                               "expired", revision, fpr)
+    if result == "REVKEYSIG" or "KEYREVOKED" in keywords:
+        raise KeyValidityError(f"{revision}: OpenPGP signature by key {fpr}, which has "
+                               "been revoked", revision, fpr)
+    if result == "EXPSIG":
+        raise KeyValidityError(f"{revision}: OpenPGP signature by key {fpr} has expired",
+                               revision, fpr)

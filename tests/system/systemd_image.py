@@ -29,9 +29,7 @@ The build is cached in tests/rootfs.py's cache under a key of every input;
 ``build()`` returns its description (paths and commits).
 """
 
-import fcntl
 import glob
-import hashlib
 import inspect
 import json
 import os
@@ -42,7 +40,8 @@ import time
 from typing import Dict, List, Optional
 
 from tests.conftest import REPO_ROOT, gitroot_cmd
-from tests.rootfs import cache_dir, debian_minbase
+from tests.rootfs import debian_minbase
+from tests.system.imagecache import build_key, cached_build, remove_tree, run
 
 # docs/boot.md's package list, plus systemd itself and dbus (logind), per
 # Debian release: 13 renamed libfuse2 (64-bit time_t) and its `fuse` is a
@@ -151,29 +150,10 @@ RequiredBy=boot-complete.target
 """
 
 
-def run(*cmd, **kwargs) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kwargs)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n"
-                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
 def _key(release: str, loader: str) -> str:
-    digest = hashlib.sha256()
-    for part in (BUILD_FORMAT, release, loader, PACKAGES[release], CMDLINE, REPORT, REPORT_UNIT, INITRD_MARK_HOOK,
-                 INITRD_MARK_SCRIPT, HEALTH_UNIT, GRUB_MODULES,
-                 inspect.getsource(_build), inspect.getsource(_release)):
-        digest.update(part.encode() + b"\0")
-    sources = [os.path.join(REPO_ROOT, p) for p in ("hooks/gitroot", "initramfs/gitroot")]
-    sources += sorted(glob.glob(os.path.join(REPO_ROOT, "systemd", "*")))
-    sources += sorted(glob.glob(os.path.join(REPO_ROOT, "gitroot", "**", "*.py"),
-                                recursive=True))
-    for path in sources:
-        digest.update(os.path.relpath(path, REPO_ROOT).encode() + b"\0")
-        with open(path, "rb") as f:
-            digest.update(f.read() + b"\0")
-    return digest.hexdigest()[:16]
+    return build_key((BUILD_FORMAT, release, loader, PACKAGES[release], CMDLINE, REPORT,
+                      REPORT_UNIT, INITRD_MARK_HOOK, INITRD_MARK_SCRIPT, HEALTH_UNIT,
+                      GRUB_MODULES, inspect.getsource(_build), inspect.getsource(_release)))
 
 
 def _write(path: str, text: str, mode: int = 0o644) -> None:
@@ -211,20 +191,6 @@ def _commit(root: str, repo: str, message: str, key: Optional[str]) -> str:
     return gitroot_cmd(*args).stdout.strip()
 
 
-def _remove_tree(path: str) -> None:
-    """rmtree, but never through a mount: a build killed inside a chroot
-    leaves /proc, /sys and the host's /dev mounted in it."""
-    real = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    for point in sorted((p for p in points if p.startswith(real + "/")), reverse=True):
-        subprocess.run(["umount", "-l", point], check=False)
-    with open("/proc/self/mountinfo") as f:
-        if any(line.split()[4].startswith(real + "/") for line in f):
-            raise AssertionError(f"{path} still has mounts inside; not removing it")
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def _build(dest: str, release: str, loader: str) -> None:
     from tests.signing_support import public_key, ssh_key
     timings = {}
@@ -232,7 +198,7 @@ def _build(dest: str, release: str, loader: str) -> None:
     base = debian_minbase(release, include=PACKAGES[release])
     timings["debootstrap"] = time.monotonic() - started
     work = dest + ".building"
-    _remove_tree(work)
+    remove_tree(work)
     os.makedirs(work)
     from pathlib import Path
     key = ssh_key(Path(work), "release-key", "ed25519")
@@ -325,26 +291,8 @@ def build(release: str = "trixie", loader: str = "grub") -> dict:
     docstring)."""
     if release not in PACKAGES or loader not in LOADERS:
         raise ValueError(f"no image for {release} with {loader}")
-    base = cache_dir()
-    os.makedirs(base, exist_ok=True)
-    # (not "systemd-*": the single image's older builds were removed by that
-    # pattern, which would take these away under a build of a checkout
-    # from before)
-    name = f"sysimage-{release}-{loader}"
-    dest = os.path.join(base, f"{name}-{_key(release, loader)}")
-    with open(os.path.join(base, f"{name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.isdir(dest):
-            for stale in glob.glob(os.path.join(base, f"{name}-*")):     # older builds
-                if not stale.endswith(".lock"):
-                    _remove_tree(stale)
-            started = time.monotonic()
-            _build(dest, release, loader)
-            print(f"built {dest} in {time.monotonic() - started:.0f} s")
-    with open(os.path.join(dest, "build.json")) as f:
-        info = json.load(f)
-    info["dir"] = dest
-    return info
+    return cached_build(f"sysimage-{release}-{loader}", _key(release, loader),
+                        lambda dest: _build(dest, release, loader))
 
 
 # -- disks ----------------------------------------------------------------

@@ -21,7 +21,6 @@ root, not written here.
 """
 
 import glob
-import hashlib
 import json
 import os
 import re
@@ -33,7 +32,8 @@ from contextlib import contextmanager
 import pytest
 
 from tests.conftest import REPO_ROOT, gitroot_cmd
-from tests.rootfs import cache_dir, debian_minbase
+from tests.rootfs import debian_minbase
+from tests.system.imagecache import build_key, cached_build, run
 
 QEMU = "qemu-system-x86_64"
 RELEASES = os.environ.get("GITROOT_BOOT_RELEASES", "trixie bookworm").split()
@@ -43,7 +43,6 @@ ROOT_PACKAGES = ("linux-image-amd64,initramfs-tools,python3-pygit2,python3-fusep
 # package for fuse3; a release not named here gets trixie's names.
 FUSE_PACKAGES = {"bookworm": "fuse,libfuse2", "trixie": "fuse3,libfuse2t64"}
 BUILD_FORMAT = "2"          # bump to throw away cached builds
-STALE_AFTER = 2 * 86400     # drop a cached build unused this long (other branches' too)
 BOOT_TIMEOUT = 300
 MARK = "GITROOT-TEST:"
 TEST_INIT = "/usr/local/sbin/gitroot-test-init"
@@ -96,26 +95,7 @@ def _packages(release: str) -> str:
 
 
 def _build_key(release: str) -> str:
-    digest = hashlib.sha256()
-    for part in (BUILD_FORMAT, release, _packages(release), GOOD_INIT, BROKEN_INIT):
-        digest.update(part.encode() + b"\0")
-    sources = [os.path.join(REPO_ROOT, "hooks", "gitroot"),
-               os.path.join(REPO_ROOT, "initramfs", "gitroot")]
-    sources += sorted(glob.glob(os.path.join(REPO_ROOT, "gitroot", "**", "*.py"),
-                                recursive=True))
-    for path in sources:
-        digest.update(os.path.relpath(path, REPO_ROOT).encode() + b"\0")
-        with open(path, "rb") as f:
-            digest.update(f.read() + b"\0")
-    return digest.hexdigest()[:16]
-
-
-def _run(*cmd, **kwargs):
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kwargs)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n"
-                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return build_key((BUILD_FORMAT, release, _packages(release), GOOD_INIT, BROKEN_INIT))
 
 
 @contextmanager
@@ -127,7 +107,7 @@ def _chroot_mounts(root):
                             (["-t", "sysfs", "sysfs"], "sys"),
                             (["--bind", "/dev"], "dev")):
             target = os.path.join(root, where)
-            _run("mount", *args, target)
+            run("mount", *args, target)
             done.append(target)
         yield
     finally:
@@ -166,7 +146,7 @@ def _build(dest: str, release: str) -> None:
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     root = os.path.join(work, "root")
-    _run("cp", "-a", base, root)
+    run("cp", "-a", base, root)
     for deb in glob.glob(os.path.join(root, "var/cache/apt/archives/*.deb")):
         os.unlink(deb)
     _install(root)
@@ -175,10 +155,10 @@ def _build(dest: str, release: str) -> None:
     if os.path.exists(initrd):
         os.unlink(initrd)
     with _chroot_mounts(root):
-        _run("chroot", root, "python3", "-m", "compileall", "-q",
+        run("chroot", root, "python3", "-m", "compileall", "-q",
              "/usr/lib/python3/dist-packages/gitroot")
-        _run("chroot", root, "update-initramfs", "-c", "-k", version)
-        pygit2_version = _run("chroot", root, "python3", "-c",
+        run("chroot", root, "update-initramfs", "-c", "-k", version)
+        pygit2_version = run("chroot", root, "python3", "-c",
                               "import pygit2; print(pygit2.__version__)").stdout.strip()
     shutil.copy(os.path.join(root, "boot", f"vmlinuz-{version}"), os.path.join(work, "vmlinuz"))
     shutil.copy(initrd, os.path.join(work, "initrd.img"))
@@ -210,32 +190,9 @@ def _build(dest: str, release: str) -> None:
 def built(request):
     """The cached build for one guest release: kernel, initrd, a repository
     with both releases."""
-    import fcntl
     release = request.param
-    base = cache_dir()
-    os.makedirs(base, exist_ok=True)
-    dest = os.path.join(base, f"boot-{release}-{_build_key(release)}")
-    with open(os.path.join(base, "boot.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        # Other checkouts (branches, CI) share the cache and may be booting
-        # from their own builds right now: only long-unused ones go.  Every
-        # build holds this lock, so a *.building seen here was abandoned.
-        for stale in glob.glob(os.path.join(base, "boot-*")):
-            try:
-                unused = time.time() - os.stat(os.path.join(stale, "build.json")).st_mtime
-            except OSError:
-                unused = STALE_AFTER + 1
-            if stale != dest and unused > STALE_AFTER:
-                shutil.rmtree(stale, ignore_errors=True)
-        if not os.path.isdir(dest):
-            started = time.monotonic()
-            _build(dest, release)
-            print(f"built {dest} in {time.monotonic() - started:.0f} s")
-        os.utime(os.path.join(dest, "build.json"))     # in use
-    with open(os.path.join(dest, "build.json")) as f:
-        info = json.load(f)
-    info["dir"] = dest
-    return info
+    return cached_build(f"boot-{release}", _build_key(release),
+                        lambda dest: _build(dest, release))
 
 
 # -- the persistent medium and QEMU --------------------------------------
@@ -254,7 +211,7 @@ def make_disk(built, tmp_path, trial=None):
     medium = tmp_path / "medium"
     # hard links: gitroot's commands replace refs and state files, never
     # write into an existing file, so the cached repository stays as it is
-    _run("cp", "-al", os.path.join(built["dir"], "medium"), medium)
+    run("cp", "-al", os.path.join(built["dir"], "medium"), medium)
     run_dir = tmp_path / "run"
     _device(medium, "pin", built["good"], "--tries", "1", run_dir=run_dir)
     _device(medium, "mark-good", "--booted", built["good"], run_dir=run_dir)
@@ -264,9 +221,9 @@ def make_disk(built, tmp_path, trial=None):
 
 
 def _make_image(medium, where):
-    size = _run("du", "-sm", medium).stdout.split()[0]
+    size = run("du", "-sm", medium).stdout.split()[0]
     image = where / "disk.img"
-    _run("mkfs.ext4", "-q", "-L", "gitroot", "-d", medium, image, f"{int(size) * 3 // 2 + 64}M")
+    run("mkfs.ext4", "-q", "-L", "gitroot", "-d", medium, image, f"{int(size) * 3 // 2 + 64}M")
     return image
 
 
@@ -390,7 +347,7 @@ def _medium_with_state(built, tmp_path, make_state):
     image_dir = tmp_path / "disk"
     image_dir.mkdir()
     medium = image_dir / "medium"
-    _run("cp", "-al", os.path.join(built["dir"], "medium"), medium)
+    run("cp", "-al", os.path.join(built["dir"], "medium"), medium)
     run_dir = tmp_path / "run"
     _device(medium, "pin", built["good"], "--tries", "1", run_dir=run_dir)
     _device(medium, "mark-good", "--booted", built["good"], run_dir=run_dir)

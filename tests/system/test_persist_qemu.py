@@ -33,20 +33,18 @@ runs Debian's packages either way, so a second pass would boot the same
 images again for nothing.
 """
 
-import fcntl
 import glob
-import hashlib
 import json
 import os
 import shutil
-import time
 
 import pytest
 
 from tests.conftest import REPO_ROOT, gitroot_cmd
-from tests.rootfs import cache_dir, debian_minbase
-from tests.system.test_boot_qemu import (QEMU, STALE_AFTER, TEST_INIT, _chroot_mounts,
-                                         _device, _make_image, _packages, _run, boot, reports)
+from tests.rootfs import debian_minbase
+from tests.system.imagecache import build_key, cached_build, run
+from tests.system.test_boot_qemu import (QEMU, TEST_INIT, _chroot_mounts, _device, _make_image,
+                                         _packages, boot, reports)
 
 # One guest release: what is tested here does not differ between Debian 12
 # and 13 (test_boot_qemu boots both).  python3-cryptography: the guest
@@ -121,18 +119,8 @@ pytestmark = [
 
 
 def _build_key() -> str:
-    digest = hashlib.sha256()
-    for part in (BUILD_FORMAT, RELEASE, PACKAGES, INIT, CONF_1, CONF_2, MIGRATION_SPEC, MIGRATION_SCRIPT):
-        digest.update(part.encode() + b"\0")
-    sources = [os.path.join(REPO_ROOT, "hooks", "gitroot"),
-               os.path.join(REPO_ROOT, "initramfs", "gitroot")]
-    sources += sorted(glob.glob(os.path.join(REPO_ROOT, "gitroot", "**", "*.py"),
-                                recursive=True))
-    for path in sources:
-        digest.update(os.path.relpath(path, REPO_ROOT).encode() + b"\0")
-        with open(path, "rb") as f:
-            digest.update(f.read() + b"\0")
-    return digest.hexdigest()[:16]
+    return build_key((BUILD_FORMAT, RELEASE, PACKAGES, INIT, CONF_1, CONF_2, MIGRATION_SPEC,
+                      MIGRATION_SCRIPT))
 
 
 def _write(root, path, text, mode=0o644):
@@ -149,7 +137,7 @@ def _build(dest: str) -> None:
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     root = os.path.join(work, "root")
-    _run("cp", "-a", base, root)
+    run("cp", "-a", base, root)
     for deb in glob.glob(os.path.join(root, "var/cache/apt/archives/*.deb")):
         os.unlink(deb)
     shutil.copytree(os.path.join(REPO_ROOT, "gitroot"),
@@ -162,7 +150,7 @@ def _build(dest: str) -> None:
                 os.path.join(root, "usr/share/initramfs-tools/scripts/gitroot"))
     _write(root, "/etc/initramfs-tools/conf.d/gitroot", "FSTYPE=ext4\n")
     key = os.path.join(work, "release-key")
-    _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "release", "-f", key)
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "release", "-f", key)
     with open(key + ".pub") as f:
         public = " ".join(f.read().split()[:2])
     _write(root, "/etc/gitroot/allowed_signers", f"release@example.org {public}\n")
@@ -180,9 +168,9 @@ def _build(dest: str) -> None:
     if os.path.exists(initrd):
         os.unlink(initrd)
     with _chroot_mounts(root):
-        _run("chroot", root, "python3", "-m", "compileall", "-q",
+        run("chroot", root, "python3", "-m", "compileall", "-q",
              "/usr/lib/python3/dist-packages/gitroot")
-        _run("chroot", root, "update-initramfs", "-c", "-k", version)
+        run("chroot", root, "update-initramfs", "-c", "-k", version)
     shutil.copy(os.path.join(root, "boot", f"vmlinuz-{version}"), os.path.join(work, "vmlinuz"))
     shutil.copy(initrd, os.path.join(work, "initrd.img"))
 
@@ -206,28 +194,7 @@ def _build(dest: str) -> None:
 
 @pytest.fixture(scope="module")
 def built():
-    base = cache_dir()
-    os.makedirs(base, exist_ok=True)
-    dest = os.path.join(base, f"persist-{RELEASE}-{_build_key()}")
-    with open(os.path.join(base, "persist.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        # other checkouts share the cache: only long-unused builds go
-        for stale in glob.glob(os.path.join(base, "persist-*")):
-            try:
-                unused = time.time() - os.stat(os.path.join(stale, "build.json")).st_mtime
-            except OSError:
-                unused = STALE_AFTER + 1
-            if stale != dest and not stale.endswith(".lock") and unused > STALE_AFTER:
-                shutil.rmtree(stale, ignore_errors=True)
-        if not os.path.isdir(dest):
-            started = time.monotonic()
-            _build(dest)
-            print(f"built {dest} in {time.monotonic() - started:.0f} s")
-        os.utime(os.path.join(dest, "build.json"))     # in use
-    with open(os.path.join(dest, "build.json")) as f:
-        info = json.load(f)
-    info["dir"] = dest
-    return info
+    return cached_build(f"persist-{RELEASE}", _build_key(), _build)
 
 
 def _boot(built, image, tmp_path, step, extra=""):
@@ -244,7 +211,7 @@ def _boot(built, image, tmp_path, step, extra=""):
 def test_state_survives_reboot_upgrade_and_rollback(built, tmp_path):
     r1, r2 = built["r1"], built["r2"]
     medium = tmp_path / "medium"
-    _run("cp", "-al", os.path.join(built["dir"], "medium"), medium)
+    run("cp", "-al", os.path.join(built["dir"], "medium"), medium)
     run_dir = tmp_path / "run"
     _device(medium, "pin", r1, "--tries", "1", run_dir=run_dir)
     _device(medium, "mark-good", "--booted", r1, run_dir=run_dir)

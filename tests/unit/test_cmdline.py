@@ -9,9 +9,10 @@ import subprocess
 
 import pytest
 
-from gitroot.boot.cmdline import (BootParams, branch_name_problem, is_object_id,
-                             parse_cmdline, read_cmdline, ref_name_problem,
-                             revision_problem, split_cmdline, warn_unknown)
+from gitroot.boot.cmdline import (BootParams, parse_cmdline, read_cmdline, split_cmdline,
+                                  warn_unknown)
+from gitroot.git.refs import (branch_name_problem, is_object_id, ref_name_problem,
+                              revision_problem)
 from gitroot.errors import CmdlineError, GitrootError, UsageError
 
 SHA1 = "0123456789abcdef0123456789abcdef01234567"

@@ -1,4 +1,5 @@
-"""The initramfs boot script and hook pass ``shellcheck -s dash``.
+"""Static checks: the initramfs boot script and hook pass ``shellcheck -s
+dash``; the Python passes pyflakes.
 
 They run under dash (or busybox sh) in the initramfs and in mkinitramfs,
 where a bashism fails only at boot; shellcheck catches them here.
@@ -7,6 +8,7 @@ where a bashism fails only at boot; shellcheck catches them here.
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -36,3 +38,15 @@ def test_parses_with_dash(script):
 
 def test_hook_is_executable():
     assert os.access(os.path.join(REPO_ROOT, "hooks/gitroot"), os.X_OK)
+
+
+# -- Python: pyflakes ---------------------------------------------------------
+
+def test_pyflakes_finds_nothing():
+    """No unused imports or names, no undefined names, anywhere in the
+    package, the tests, the benchmarks or the examples."""
+    pytest.importorskip("pyflakes", reason="pyflakes is not installed "
+                        "(apt-get install python3-pyflakes)")
+    proc = subprocess.run([sys.executable, "-m", "pyflakes", "gitroot", "tests", "bench",
+                           "examples"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
