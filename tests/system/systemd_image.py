@@ -86,13 +86,19 @@ sleep 2
 exec >/dev/ttyS0 2>&1
 say "release $(cat /etc/gitroot-test-release)"
 say "initrd $(cat /run/gitroot-test-initrd 2>/dev/null || echo none)"
-say "cmdline $(cat /proc/cmdline)"
-# systemd-boot's entry (UTF-16 after 4 bytes of attributes), none under GRUB
-entry=/sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
-say "loader-entry $(tail -c +5 "$entry" 2>/dev/null | tr -d '\000' || true)"
-count=/sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
-say "boot-count-path $(tail -c +5 "$count" 2>/dev/null | tr -d '\000' || true)"
+# (systemd-boot names the initrd with backslashes, which dash's echo reads)
+say "cmdline $(tr '\\' / </proc/cmdline)"
+# systemd-boot's variables (UTF-16 after 4 bytes of attributes; read
+# through cat: efivarfs files do not seek), none under GRUB; backslashes
+# as slashes, which echo leaves alone
+efivar() {
+    cat "/sys/firmware/efi/efivars/$1-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f" 2>/dev/null \
+        | tail -c +5 | tr -d '\000' | tr '\\' /
+}
+say "loader-entry $(efivar LoaderEntrySelected)"
+say "boot-count-path $(efivar LoaderBootCountPath)"
 say "bless $(systemctl show -p Result --value systemd-bless-boot.service) $(systemctl show -p ActiveState --value systemd-bless-boot.service)"
+say "bless-log $(journalctl -u systemd-bless-boot.service -o cat --no-pager | tr '\n' '|')"
 say "esp-entries $(ls /boot/efi/loader/entries 2>/dev/null | tr '\n' ' ')"
 say "debian $(cat /etc/debian_version) python $(python3 -c 'import sys; print(sys.version.split()[0])') kernel $(uname -r)"
 say "failed $(systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"

@@ -106,11 +106,13 @@ def check_booted(built, result, release, reason, kernel_of=None):
     kernel_of = kernel_of or release
     assert got["release"] == release
     assert f"gitroot.commit={built['commits'][kernel_of]}" in got["cmdline"]
-    if built["loader"] == "systemd-boot":
-        # the entry systemd-boot says it started (its EFI variable)
+    # the loader started the files of that release: GRUB's BOOT_IMAGE=
+    # names the kernel, systemd-boot's initrd= the initrd
+    started = {"grub": "vmlinuz", "systemd-boot": "initrd.img"}[built.get("loader", "grub")]
+    assert f"/gitroot/{built['commits'][kernel_of]}/{started}" in got["cmdline"], got["cmdline"]
+    if built.get("loader") == "systemd-boot":
+        # and the entry systemd-boot says it started (its EFI variable)
         assert got["loader-entry"].startswith(f"gitroot-{built['commits'][kernel_of]}"), got
-    else:
-        assert f"/gitroot/{built['commits'][kernel_of]}/vmlinuz" in got["cmdline"]
     status = result.json("status-json")
     assert status["booted"]["commit"] == commit
     assert status["booted"]["reason"] == reason
@@ -295,8 +297,10 @@ def test_systemd_boot_counts_blesses_and_marks_good_a_trial(built_efi, tmp_path)
     result = boot([disk, updates], efi=True)
     got, status = check_booted(built_efi, result, "v2", "trial")
     assert got["initrd"] == "v2"                 # v2's own initrd, from the ESP
-    # systemd-boot counted the try: it renamed +2 to +1-1 and said so
+    # systemd-boot counted the try: it renamed +2 to +1-1 and said so, and
+    # systemd-bless-boot renamed that to the blessed name
     assert got["boot-count-path"].endswith(f"gitroot-{v2}+1-1.conf"), got["boot-count-path"]
+    assert f"gitroot-{v2}+1-1.conf" in got["bless-log"], got["bless-log"]
     assert got["failed"] == "", got["failed"]
     assert got["bless"] == "success active"
     assert got["mark-good"] == "success active"
