@@ -3,6 +3,7 @@
 import argparse
 import json
 import time
+from typing import Optional
 
 from gitroot.cli.device_args import add_device_arguments
 from gitroot.device.context import device_from_args, short
@@ -27,18 +28,29 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0
+    _print_releases(info)
+    _print_boot_loader(info["boot_loader"])
+    _print_fetch(info["last_fetch"], info["pending_update"])
+    _print_persistence(info["persistence"])
+    return 0
+
+
+def _print_releases(info: dict) -> None:
+    """What is booted and served, what boots next, the trial and the good ones."""
     sig = info["signatures"]
     if info["state_error"]:
         print(f"state:         UNREADABLE: {info['state_error']} (the next pin, fetch or "
               "rollback rewrites it)")
     booted = info["booted"]
-    print(f"booted:        {short(booted['commit']) + ' (' + booted['detail'] + ')' if booted else 'unknown (not booted by gitroot)'}")
+    print("booted:        " + (f"{short(booted['commit'])} ({booted['detail']})" if booted
+                               else "unknown (not booted by gitroot)"))
     served = info["mount"]
     if served:
         print(f"served by:     {served.get('backend', '?')} ({served.get('binding', '?')}, "
               f"{served.get('library', '?')})")
     nb = info["next_boot"]
-    print(f"next boot:     {short(nb['commit']) + ' (' + nb['detail'] + ')' if nb else 'nothing bootable'}")
+    print("next boot:     " + (f"{short(nb['commit'])} ({nb['detail']})" if nb
+                               else "nothing bootable"))
     t = info["trial"]
     if t:
         print(f"trial:         {short(t['commit'])}, {t['tries_left']} of {t['tries']} tries left, "
@@ -54,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
     if info["abandoned"]:
         a = info["abandoned"]
         print(f"abandoned:     {short(a['commit'])} (ran out of {a['tries']} tries)")
-    bl = info["boot_loader"]
+
+
+def _print_boot_loader(bl: Optional[dict]) -> None:
+    """What the boot loader's own files say (nothing without a loader)."""
     if bl and "error" in bl:
         print(f"boot loader:   {bl['type']}: {bl['error']}")
     elif bl:
@@ -64,22 +79,23 @@ def run(args: argparse.Namespace) -> int:
             line += f"; trial {short(bl['trial']['commit'])}: " \
                     f"{bl['trial']['tries_left']} tries left"
         print(line)
-    f = info["last_fetch"]
-    if f:
-        print(f"last fetch:    {_when(f['time'])}: {f['result']}: {f['message']}")
-        for warning in f.get("warnings") or ():
+
+
+def _print_fetch(fetch: Optional[dict], pending: Optional[dict]) -> None:
+    """The last fetch's outcome and what a pending update would change."""
+    if fetch:
+        print(f"last fetch:    {_when(fetch['time'])}: {fetch['result']}: {fetch['message']}")
+        for warning in fetch.get("warnings") or ():
             print(f"  warning:     {warning}")
     else:
         print("last fetch:    never")
-    p = info["pending_update"]
-    if p and "error" not in p:
-        print(f"pending:       {p['files_added']} added, {p['files_changed']} changed, "
-              f"{p['files_removed']} removed; {p['bytes']} bytes")
-    _print_persistence(info["persistence"])
-    return 0
+    if pending and "error" not in pending:
+        print(f"pending:       {pending['files_added']} added, {pending['files_changed']} "
+              f"changed, {pending['files_removed']} removed; {pending['bytes']} bytes")
 
 
 def _print_persistence(info: dict) -> None:
+    """The kept /etc (merge origin, conflicts) and the data migrations."""
     etc = info["etc"]
     if etc is None:
         return

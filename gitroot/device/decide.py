@@ -112,31 +112,13 @@ def decide(state: State, offer: Offer, rules: Rules, now: float) -> Decision:
         return Decision("refused", str(offer.signature_refusal), offer.signature_refusal,
                         tuple(warnings))
 
-    if offer.binding_error is not None:
-        return refused(offer.binding_error)
-    mismatch = binding_problem(offer.channels, rules.branch)
-    if offer.channels is None:
-        unbound = (f"{short} carries no channel binding (a {TRAILER} trailer naming "
-                   f"{rules.branch} in its signed message)")
-        if rules.policy == "strict":
-            return refused(f"it carries no channel binding (a {TRAILER} trailer naming "
-                           f"{rules.branch} in its signed message), which the strict "
-                           "policy requires")
-        warnings.append(f"{unbound}; allowed by policy {rules.policy}")
-    elif mismatch is not None:
-        if rules.policy != "none":
-            return refused(mismatch)
-        warnings.append(f"{short}: {mismatch}; allowed by policy none")
-
-    if rules.max_signature_age is not None and not rules.allow_downgrade:
-        age = now - (offer.signed_at if offer.signed_at is not None else 0.0)
-        if age > rules.max_signature_age:
-            offered = "the server still offers only this release" \
-                if commit == current_release(state) or commit == state.last_good \
-                else "the server offers a stale release"
-            return refused(f"signed {_span(age)} ago, more than the allowed "
-                           f"{_span(rules.max_signature_age)}; {offered} "
-                           "(a frozen server?)")
+    why, warning = _channel_verdict(offer, rules)
+    if warning is not None:
+        warnings.append(warning)
+    if why is None:
+        why = _age_refusal(state, offer, rules, now)
+    if why is not None:
+        return refused(why)
 
     signature = offer.signature or f"not verified (policy {rules.policy})"
     if commit in (current_release(state), state.last_good):
@@ -163,3 +145,40 @@ def decide(state: State, offer: Offer, rules: Rules, now: float) -> Decision:
     return Decision("pinned", f"pinned {named} as the next boot's trial ({rules.tries} "
                     f"tries; {signature})",
                     None, tuple(warnings))
+
+
+def _channel_verdict(offer: Offer, rules: Rules) -> Tuple[Optional[str], Optional[str]]:
+    """(why the release is refused, a warning) for its channel binding:
+    bound to another channel or unbound, judged by the signature policy."""
+    short = offer.commit[:12]
+    if offer.binding_error is not None:
+        return offer.binding_error, None
+    if offer.channels is None:
+        if rules.policy == "strict":
+            return (f"it carries no channel binding (a {TRAILER} trailer naming "
+                    f"{rules.branch} in its signed message), which the strict "
+                    "policy requires"), None
+        return None, (f"{short} carries no channel binding (a {TRAILER} trailer naming "
+                      f"{rules.branch} in its signed message); allowed by policy "
+                      f"{rules.policy}")
+    mismatch = binding_problem(offer.channels, rules.branch)
+    if mismatch is None:
+        return None, None
+    if rules.policy != "none":
+        return mismatch, None
+    return None, f"{short}: {mismatch}; allowed by policy none"
+
+
+def _age_refusal(state: State, offer: Offer, rules: Rules, now: float) -> Optional[str]:
+    """Why a release signed too long ago is refused (``max_signature_age``),
+    even the one the device runs: a server that stopped moving is news."""
+    if rules.max_signature_age is None or rules.allow_downgrade:
+        return None
+    age = now - (offer.signed_at if offer.signed_at is not None else 0.0)
+    if age <= rules.max_signature_age:
+        return None
+    offered = "the server still offers only this release" \
+        if offer.commit in (current_release(state), state.last_good) \
+        else "the server offers a stale release"
+    return (f"signed {_span(age)} ago, more than the allowed "
+            f"{_span(rules.max_signature_age)}; {offered} (a frozen server?)")

@@ -101,6 +101,14 @@ def tree_of(repo, commit) -> str:
     return git(repo, "rev-parse", f"{commit}^{{tree}}")
 
 
+def assert_refused_changing_nothing(url, device, have, workdir, match):
+    """fetch_static raises a FetchError matching *match* and no ref moves."""
+    before = refs(device)
+    with pytest.raises(FetchError, match=match):
+        fetch_static(url, device, BRANCH, have, str(workdir))
+    assert refs(device) == before
+
+
 def assert_fetched(device, source, commit, before):
     assert git(device, "rev-parse", INCOMING) == commit
     assert tree_of(device, commit) == tree_of(source, commit)
@@ -234,11 +242,8 @@ def test_corrupt_bundle_is_refused_and_nothing_moves(releases, static_http_serve
     served.write_bytes(bytes(data))
     device = device_with(tmp_path, source, commits["v1"])
     git(device, "update-ref", INCOMING, commits["v1"])   # an earlier incoming release
-    before = refs(device)
-    with pytest.raises(FetchError, match="SHA-256"):
-        fetch_static(static_http_server.url, device, BRANCH, [commits["v1"]],
-                     str(tmp_path / "dl"))
-    assert refs(device) == before
+    assert_refused_changing_nothing(static_http_server.url, device, [commits["v1"]],
+                                    tmp_path / "dl", "SHA-256")
     assert list((tmp_path / "dl").iterdir()) == []      # the bad download is gone
     git(device, "fsck", "--strict")
 
@@ -250,11 +255,8 @@ def test_oversized_response_is_discarded(releases, static_http_server, tmp_path)
     served = static_http_server.document_root / index["bundles"][0]["file"]
     served.write_bytes(served.read_bytes() + b"\0" * 100_000)
     device = device_with(tmp_path, source, commits["v1"])
-    before = refs(device)
-    with pytest.raises(FetchError, match="index says|more bytes"):
-        fetch_static(static_http_server.url, device, BRANCH, [commits["v1"]],
-                     str(tmp_path / "dl"))
-    assert refs(device) == before
+    assert_refused_changing_nothing(static_http_server.url, device, [commits["v1"]],
+                                    tmp_path / "dl", "index says|more bytes")
     assert list((tmp_path / "dl").iterdir()) == []
 
 
@@ -268,11 +270,8 @@ def test_bundle_that_is_not_what_the_index_says(releases, static_http_server, tm
     index["heads"][BRANCH] = commits["v3"]
     (root / "index.json").write_text(json.dumps(index))
     device = device_with(tmp_path, source, commits["v1"])
-    before = refs(device)
-    with pytest.raises(FetchError, match="not what the index says"):
-        fetch_static(static_http_server.url, device, BRANCH, [commits["v1"]],
-                     str(tmp_path / "dl"))
-    assert refs(device) == before
+    assert_refused_changing_nothing(static_http_server.url, device, [commits["v1"]],
+                                    tmp_path / "dl", "not what the index says")
 
 
 def test_second_bundle_of_a_chain_fails_after_the_first_was_fetched(
@@ -292,11 +291,8 @@ def test_second_bundle_of_a_chain_fails_after_the_first_was_fetched(
     second["size"], second["sha256"] = len(data), hashlib.sha256(data).hexdigest()
     (root / "index.json").write_text(json.dumps(index))
     device = device_with(tmp_path, source, commits["v1"])
-    before = refs(device)
-    with pytest.raises(FetchError, match="git refused"):
-        fetch_static(static_http_server.url, device, BRANCH, [commits["v1"]],
-                     str(tmp_path / "dl"))
-    assert refs(device) == before
+    assert_refused_changing_nothing(static_http_server.url, device, [commits["v1"]],
+                                    tmp_path / "dl", "git refused")
 
 
 @pytest.mark.parametrize("body, match", [
@@ -311,11 +307,8 @@ def test_index_missing_or_garbage(releases, static_http_server, tmp_path, body, 
     if body is not None:
         (static_http_server.document_root / "index.json").write_bytes(body)
     device = device_with(tmp_path, source, commits["v1"])
-    before = refs(device)
-    with pytest.raises(FetchError, match=match):
-        fetch_static(static_http_server.url, device, BRANCH, [commits["v1"]],
-                     str(tmp_path / "dl"))
-    assert refs(device) == before
+    assert_refused_changing_nothing(static_http_server.url, device, [commits["v1"]],
+                                    tmp_path / "dl", match)
 
 
 def test_unknown_branch_and_no_chain(releases, static_http_server, tmp_path):
