@@ -88,9 +88,9 @@ say "release $(cat /etc/gitroot-test-release)"
 say "initrd $(cat /run/gitroot-test-initrd 2>/dev/null || echo none)"
 # (systemd-boot names the initrd with backslashes, which dash's echo reads)
 say "cmdline $(tr '\\' / </proc/cmdline)"
-# systemd-boot's variables (UTF-16 after 4 bytes of attributes; read
-# through cat: efivarfs files do not seek), none under GRUB; backslashes
-# as slashes, which echo leaves alone
+# systemd-boot's variables (UTF-16 after 4 bytes of attributes), none under
+# GRUB; through cat (tail on the efivarfs file itself printed nothing in the
+# guest), backslashes as slashes, which echo leaves alone
 efivar() {
     cat "/sys/firmware/efi/efivars/$1-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f" 2>/dev/null \
         | tail -c +5 | tr -d '\000' | tr '\\' /
