@@ -9,6 +9,10 @@ Usage (see docs/performance.md)::
     python3 bench/bundle.py --workload upgrade    # bookworm minbase -> the same after
                                                   # apt-get upgrade (updates, security)
     python3 bench/bundle.py --quick    # two small generated trees (seconds; for CI)
+    python3 bench/bundle.py --workload initrd     # a release that reruns update-initramfs:
+                                                  # initrd compressed in the commit (before)
+                                                  # vs uncompressed (after), one run
+                                                  # (bench/initrd_release.py)
 
 Each workload is an old and a new root tree; the run measures, in bytes,
 what it costs to ship the new one:
@@ -501,9 +505,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="two small generated trees, no debootstrap (seconds)")
-    parser.add_argument("--workload", choices=("packages", "upgrade", "both"), default="both",
+    parser.add_argument("--workload", choices=("packages", "upgrade", "both", "initrd"),
+                        default="both",
                         help="Debian workload: + less, curl, openssh-client; apt-get "
-                             "upgrade; or both (default)")
+                             "upgrade; or both (default); initrd: a release that reruns "
+                             "update-initramfs, the initrd compressed vs uncompressed in "
+                             "the commit")
     parser.add_argument("--keep-apt-cache", action="store_true",
                         help="keep the .deb files debootstrap leaves in /var/cache/apt")
     parser.add_argument("--keep-apt-lists", action="store_true",
@@ -523,6 +530,19 @@ def main(argv=None) -> int:
         if os.geteuid() != 0:
             parser.error("must run as root (debootstrap, trees owned by root)")
         workloads = ["packages", "upgrade"] if args.workload == "both" else [args.workload]
+    if workloads == ["initrd"]:
+        import initrd_release     # bench/initrd_release.py, beside this script
+        work = tempfile.mkdtemp(prefix="gitroot-bench-initrd-", dir=args.workdir)
+        try:
+            results = initrd_release.measure(args.python, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        initrd_release.report(results)
+        write_results({"mode": "initrd", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "git_version": output(["git", "--version"]),
+                       "python": args.python, "machine": platform.machine(),
+                       "variants": results}, args.json, "bundle")
+        return 0
     results = []
     for workload in workloads:
         work = tempfile.mkdtemp(prefix="gitroot-bench-bundle-", dir=args.workdir)

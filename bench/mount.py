@@ -180,6 +180,12 @@ def make_scale_tree(dest: str, entries: int) -> str:
 #: gitroot variants the comparison can run side by side (--variants):
 #: name -> (environment, read-ahead in KiB to force after mounting or None)
 LEVERS = ("readdirplus", "cache_readdir", "cache_symlinks", "plus_always")
+#: FUSE passthrough to a cache of inflated blobs (the libfuse 3 back end's
+#: opt-in lever, libfuse >= 3.17): "passthrough-fill" starts every mount
+#: with an empty cache (a first boot after an update: each file is verified
+#: and written to the cache as it is opened); "passthrough" has the cache
+#: filled once before the repetitions (every later boot)
+PASSTHROUGH_VARIANTS = ("passthrough-fill", "passthrough")
 VARIANTS = {
     "gitroot": ({}, None),                                  # what the mount picks
     "libfuse3": ({"GITROOT_FUSE": "libfuse3"}, None),
@@ -191,16 +197,18 @@ VARIANTS = {
     # $GITROOT_BENCH_PYFUSE3_PATH may name a directory holding pyfuse3 and
     # trio for an interpreter that lacks them (e.g. links into Debian's)
     "pyfuse3-proto": ({}, None),
+    **{name: ({"GITROOT_FUSE": "libfuse3", "GITROOT_FUSE3_ON": "passthrough"}, None)
+       for name in PASSTHROUGH_VARIANTS},
 }
-#: on by default in gitroot.serve.libfuse3 (DEFAULT_LEVERS); the others are opt-in
+#: on by default in gitroot.serve.libfuse3 (DEFAULT_LEVERS; cache_readdir
+#: only with libfuse >= 3.16); the others are opt-in.  Both no-X and with-X
+#: exist for every lever, since the defaults depend on the libfuse loaded.
 DEFAULT_LEVERS = ("readdirplus", "cache_symlinks")
 for _lever in LEVERS:
-    if _lever in DEFAULT_LEVERS:
-        VARIANTS["no-" + _lever] = ({"GITROOT_FUSE": "libfuse3",
-                                     "GITROOT_FUSE3_OFF": _lever}, None)
-    else:
-        VARIANTS["with-" + _lever] = ({"GITROOT_FUSE": "libfuse3",
-                                       "GITROOT_FUSE3_ON": _lever}, None)
+    VARIANTS["no-" + _lever] = ({"GITROOT_FUSE": "libfuse3",
+                                 "GITROOT_FUSE3_OFF": _lever}, None)
+    VARIANTS["with-" + _lever] = ({"GITROOT_FUSE": "libfuse3",
+                                   "GITROOT_FUSE3_ON": _lever}, None)
 
 
 class Gitroot:
@@ -218,6 +226,10 @@ class Gitroot:
         self.code = code            # run from there: "python -m" puts the cwd first
         self.env = dict(os.environ, PYTHONPATH=code, **extra)
         self.backend = None         # from the mount's record (None: code without one)
+        self.blob_cache = None      # the passthrough variants' cache directory
+        self.empty_cache_each_mount = variant == "passthrough-fill"
+        if variant in PASSTHROUGH_VARIANTS:
+            self.blob_cache = self.env["GITROOT_BLOB_CACHE"] = mountpoint + ".blobcache"
         self.command = [python, "-m", "gitroot", "mount"]
         if variant == "pyfuse3-proto":
             self.command = [python, os.path.join(code, "bench", "pyfuse3_prototype.py")]
@@ -295,8 +307,17 @@ class Gitroot:
 
     def fresh(self) -> float:
         self.unmount()
+        if self.empty_cache_each_mount and self.blob_cache:
+            shutil.rmtree(self.blob_cache, ignore_errors=True)
         drop_caches()
         return self.mount()
+
+    def fill_cache(self) -> None:
+        """Fill the passthrough cache once (the boot that did it is over)."""
+        if self.blob_cache and not self.empty_cache_each_mount:
+            self.fresh()
+            timed_shell(f"tar -C {self.mountpoint} -cf - . | wc -c")
+            self.unmount()
 
 
 class Squashfs:
@@ -518,6 +539,8 @@ def compare_mode(args, work: str) -> dict:
     }
     results = {name: {} for name in systems}
     counts: dict = {}
+    for g in gitroots.values():
+        g.fill_cache()
     try:
         for rep in range(args.reps):
             log(f"repetition {rep + 1}/{args.reps} ...")
@@ -534,6 +557,13 @@ def compare_mode(args, work: str) -> dict:
           f"{os.path.getsize(image) / 1e6:.1f} MB in {squash_s:.1f} s")
     print("back ends: " + ", ".join(f"{n} {g.backend or '(no record: fusepy)'}"
                                    for n, g in gitroots.items()))
+    for name, g in gitroots.items():
+        if g.blob_cache and os.path.isdir(g.blob_cache):
+            print(f"blob cache of {name}: {du(g.blob_cache) / 1e6:.1f} MB on disk "
+                  f"({len(os.listdir(g.blob_cache))} files)")
+        elif g.blob_cache:
+            print(f"blob cache of {name}: none (no passthrough: libfuse < 3.17 or "
+                  "Linux < 6.9, see the daemon's log)")
     print_table(med, targets, counts, args.reps)
     return {
         "mode": ("device-" if args.device else "") + ("quick" if args.quick else "full"),

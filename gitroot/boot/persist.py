@@ -84,10 +84,34 @@ class Mount:
     source: str                    # bind: the directory; overlay: the lower directory
     upper: str = ""
     work: str = ""
+    path: str = ""                 # the mount point in the booted system ("" for /etc)
+
+    @property
+    def unit(self) -> str:
+        """The systemd mount unit the boot script writes for it ("-": none)."""
+        return mount_unit(self.path) if self.path else "-"
 
     def line(self) -> str:
-        return " ".join(p for p in (self.kind, self.source, self.target, self.upper, self.work)
-                        if p)
+        """``KIND UNIT SOURCE TARGET [UPPER WORK]``, as the boot script reads it."""
+        return " ".join(p for p in (self.kind, self.unit, self.source, self.target, self.upper,
+                                    self.work) if p)
+
+
+def mount_unit(path: str) -> str:
+    """systemd's name for the mount unit of *path* (``systemd-escape --path
+    --suffix=mount``): ``/var/lib/app-data`` -> ``var-lib-app\\x2ddata.mount``."""
+    name = path.strip("/")
+    if not name:
+        return "-.mount"
+    out = []
+    for i, ch in enumerate(name):
+        if ch == "/":
+            out.append("-")
+        elif ch.isascii() and (ch.isalnum() or ch in ":_" or (ch == "." and i > 0)):
+            out.append(ch)
+        else:
+            out.append("\\x%02x" % ord(ch))
+    return "".join(out) + ".mount"
 
 
 @dataclass
@@ -419,10 +443,11 @@ def prepare_boot(layout: Layout, commit: str, lower: str, root: str,
         for d in (upper, work):
             os.makedirs(d, mode=0o755, exist_ok=True)
         if _real_directory(lower, path.lstrip("/")):
-            plan.mounts.append(Mount("overlay", root + path, lower + path, upper, work))
+            plan.mounts.append(Mount("overlay", root + path, lower + path, upper, work,
+                                     path=path))
         else:
             # not in the release: nothing to lay the device's data over
-            plan.mounts.append(Mount("bind", root + path, upper))
+            plan.mounts.append(Mount("bind", root + path, upper, path=path))
     return plan
 
 

@@ -39,6 +39,8 @@ VERBS = {
     "boot-select": ("gitroot.cli.boot_select", "choose what this boot mounts (initramfs)"),
     "boot-persist": ("gitroot.cli.boot_persist",
                      "merge /etc, mount the device's persistent data (initramfs)"),
+    "uncompress-initrd": ("gitroot.cli.uncompress_initrd",
+                          "rewrite an initrd uncompressed (initramfs-tools' post-update hook)"),
     "bundle": ("gitroot.cli.bundle", "write a compressed bundle for a static HTTP directory"),
     "tag": ("gitroot.cli.tag", "make a signed annotated tag of a commit"),
     "verify": ("gitroot.cli.verify", "check the signature on a tag or commit"),

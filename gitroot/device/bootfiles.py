@@ -2,7 +2,10 @@
 
 ``BOOT/gitroot/<commit>/{vmlinuz,initrd.img}`` for each kept release and
 ``BOOT/gitroot/trial`` pointing at the newest pin; written beside and
-renamed, so a power cut leaves the old files or the new ones.
+renamed, so a power cut leaves the old files or the new ones.  An initrd
+the release keeps uncompressed is compressed on the way
+(:mod:`gitroot.device.initrd`); neither file is read past its bound
+(:data:`MAX_KERNEL`, :data:`gitroot.device.initrd.MAX_INITRD`).
 """
 
 import logging
@@ -14,15 +17,20 @@ from typing import List
 import pygit2
 
 from gitroot import atomic
+from gitroot.device.initrd import MAX_INITRD, InitrdError, boot_initrd
 
 log = logging.getLogger(__name__)
 
 KERNEL_NAMES = (b"vmlinuz", b"initrd.img")
+#: No release's kernel is read beyond this (Debian's is about 8 MB).
+MAX_KERNEL = 128 << 20
 
 
 def _release_boot_files(repo: pygit2.Repository, commit: str) -> dict:
-    """{name: bytes} of the release's kernel and initrd (newest in /boot)."""
-    from gitroot.serve.vfs import EntryError, RootView
+    """{name: bytes} of the release's kernel and initrd (newest in /boot),
+    the initrd as the boot loader gets it (:func:`boot_initrd`).  A file
+    past its bound is an :class:`InitrdError`."""
+    from gitroot.serve.vfs import ST_SIZE, EntryError, RootView
     view = RootView(repo, commit)
     found = {}
     try:
@@ -32,12 +40,25 @@ def _release_boot_files(repo: pygit2.Repository, commit: str) -> dict:
     for kind in KERNEL_NAMES:
         candidates = sorted((n for n in names if n.startswith(kind + b"-")),
                             key=_version_key)
+        limit = MAX_INITRD if kind == b"initrd.img" else MAX_KERNEL
         for name in reversed(candidates):
+            path = b"boot/" + name
             try:
-                found[kind.decode()] = view.read_file(b"boot/" + name, 1 << 40, 0)
-                break
+                size = view.stat(path)[ST_SIZE]
+                if size > limit:
+                    raise InitrdError(
+                        f"release {commit[:12]}: /boot/{name.decode(errors='replace')} is "
+                        f"{size} bytes, more than the {limit >> 20} MiB gitroot installs")
+                data = view.read_file(path, limit + 1, 0)
             except (OSError, EntryError) as err:
                 log.warning("boot/%s unreadable: %s", name.decode(errors="replace"), err)
+                continue
+            if kind == b"initrd.img":
+                data, done = boot_initrd(data)
+                log.info("release %s: /boot/%s %s", commit[:12],
+                         name.decode(errors="replace"), done)
+            found[kind.decode()] = data
+            break
     return found
 
 

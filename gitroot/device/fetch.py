@@ -3,7 +3,9 @@
 One run (``gitroot fetch``, at boot and from a timer):
 
 1. Take the fetch lock (``STATE_DIR/fetch.lock``); a second fetch fails at once.
-   The state lock is taken only to decide and record (steps 4-5).
+   The state lock is taken only to decide and record (steps 4-5).  Remove
+   what a fetch cut off by a power cut left in the repository
+   (:mod:`gitroot.device.leftovers`).
 2. Decide the branch: ``fetch-revision=`` on the kernel command line, else
    the remote configuration document, else the config file.  ``noupgrade``
    from any of them means no fetch at all.
@@ -44,6 +46,7 @@ from gitroot.boot.state import (FETCH_LOCK_FILE, FetchRecord, State, StateStore,
 from gitroot.boot.transitions import schedule_trial
 from gitroot.device.bootfiles import install_boot_files
 from gitroot.device.deadline import Deadline, Terminated, enforced
+from gitroot.device.leftovers import remove_interrupted_fetch
 from gitroot.device.decide import Offer, Rules, current_release, decide
 from gitroot.git.command import failure_summary, run_git
 from gitroot.git.refs import branch_name_problem
@@ -123,6 +126,7 @@ class Fetcher:
         # decision and its record (a boot's mark-good must not wait behind a
         # download: every boot spent waiting is a try used up).
         with self.store.locked(blocking=False, name=FETCH_LOCK_FILE):
+            remove_interrupted_fetch(self.repo.path)
             try:
                 # One deadline for every network step of this fetch: a server
                 # that dribbles must not keep the fetch lock for ever.
@@ -208,7 +212,11 @@ class Fetcher:
         s = self.settings
         if source.startswith("-"):
             raise FetchError(f"refusing remote {source!r}")
+        # core.fsync: git's default leaves refs unsynced, so a power cut just
+        # after a fetch could leave the incoming ref empty while its pack
+        # is on the medium; sync the ref too (git < 2.36 ignores the key).
         args = ["-c", "protocol.file.allow=always",
+                "-c", "core.fsync=objects,derived-metadata,reference",
                 "-c", "http.lowSpeedLimit=1024", "-c", "http.lowSpeedTime=60",
                 "-c", "fetch.fsckObjects=true", "-c", "transfer.fsckObjects=true",
                 "fetch", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",

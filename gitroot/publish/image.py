@@ -6,8 +6,12 @@ the QEMU boot tests use:
 - the ``gitroot`` package in ``ROOT/usr/lib/python3/dist-packages``,
   compiled by the image's own python3, and the ``/usr/bin/gitroot`` command
   the systemd units and operators call;
-- the initramfs hook and boot script, and ``FSTYPE=ext4`` so initramfs-tools
-  copies the medium's fsck;
+- the initramfs hook and boot script, and initramfs-tools' settings
+  (:data:`INITRAMFS_CONF`): ``FSTYPE=ext4`` so it copies the medium's
+  fsck, and a reproducible initrd (``SOURCE_DATE_EPOCH``) that the
+  post-update hook (``/etc/initramfs/post-update.d/gitroot``) keeps
+  uncompressed, which gitroot compresses only when it installs it for the
+  boot loader;
 - the systemd units, enabled, with drop-ins that keep systemd from trying
   to unmount what the FUSE daemon still serves at shutdown;
 - ``/etc/gitroot/gitroot.yml`` (unless the image has one) naming the medium
@@ -115,6 +119,29 @@ KEPT_MOUNT_DROPIN = """\
 # fail (and print FAILED).  systemd-shutdown remounts it read-only last.
 [Unit]
 DefaultDependencies=no
+"""
+
+# Sourced by mkinitramfs (and copied into the initrd, where it is harmless).
+# The release keeps its initrd uncompressed so that one which differs
+# little from the last travels as a small delta; gitroot compresses it when
+# it installs it for the boot loader (gitroot.device.initrd).  Neither
+# Debian 12's nor 13's mkinitramfs can write it uncompressed (COMPRESS has
+# no "none"), so it writes gzip at its fastest level and the post-update
+# hook (hooks/post-update, /etc/initramfs/post-update.d/gitroot) rewrites
+# it uncompressed.  A fixed
+# SOURCE_DATE_EPOCH makes mkinitramfs clamp every mtime and write the cpio
+# with --reproducible (inode numbers counted, not the build tree's), so an
+# initrd rebuilt from the same files has the same bytes and costs nothing.
+INITRAMFS_CONF = """\
+# Written by gitroot install-image (docs/boot.md).
+# initramfs-tools' fsck hook copies e2fsck for the medium
+FSTYPE=ext4
+# decompressed at once by /etc/initramfs/post-update.d/gitroot: the release
+# keeps it uncompressed, gitroot compresses it for the boot loader
+COMPRESS=gzip
+COMPRESSLEVEL=1
+# a reproducible initrd: the same files give the same bytes
+SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-1}"
 """
 
 DEFAULT_CONFIG = """\
@@ -240,12 +267,16 @@ def _install_boot_path(root: str, data: str) -> List[str]:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copyfile(source, target)
         os.chmod(target, mode)
+    post_update = os.path.join(root, "etc/initramfs/post-update.d/gitroot")
+    os.makedirs(os.path.dirname(post_update), exist_ok=True)
+    shutil.copyfile(os.path.join(data, "hooks", "post-update"), post_update)
+    os.chmod(post_update, 0o755)
     conf = os.path.join(root, "etc/initramfs-tools/conf.d/gitroot")
     os.makedirs(os.path.dirname(conf), exist_ok=True)
     with open(conf, "w") as f:
-        # initramfs-tools' fsck hook copies e2fsck for the medium
-        f.write("FSTYPE=ext4\n")
-    return ["installed the initramfs hook and boot script (FSTYPE=ext4 for the medium's fsck)"]
+        f.write(INITRAMFS_CONF)
+    return ["installed the initramfs hook and boot script, and initramfs-tools' settings "
+            "(FSTYPE=ext4, an uncompressed and reproducible initrd)"]
 
 
 def _install_units(root: str, data: str) -> List[str]:

@@ -32,7 +32,7 @@ from types import ModuleType
 from typing import Callable, Iterator, List, Optional, Tuple
 
 from gitroot.errors import MountError
-from gitroot.serve.vfs import BLKSIZE, BLOCK, EntryError, RootView, Stat
+from gitroot.serve.vfs import BLKSIZE, BLOCK, EntryError, Node, RootView, Stat
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,10 @@ class GitrootFS:
         kids = self.view.children(self.view.lookup(_vpath(path)))
         return ((name, kid.stat if kid.error is None else None)
                 for name, kid in kids.items())
+
+    def node(self, path: str) -> Node:
+        """The view's node at *path* (the passthrough lever reads its blob id)."""
+        return self.view.lookup(_vpath(path))
 
     def readlink(self, path):
         return self.view.readlink(_vpath(path)).decode(ENCODING)

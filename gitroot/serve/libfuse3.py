@@ -18,9 +18,15 @@ each one a *lever* with the figure that justifies it in docs/performance.md:
 ``plus_always``
     clears FUSE_CAP_READDIRPLUS_AUTO, so the kernel asks for READDIRPLUS on
     every listing, not only once it has seen lookups follow one.
+``passthrough``
+    FUSE passthrough (a prototype, opt-in): open() hands the kernel a
+    backing file from a verified cache of inflated blobs on the medium
+    (gitroot.serve.blobcache), and the kernel reads it without asking the
+    daemon again.  Needs Linux >= 6.9, libfuse >= 3.17 and root.
 
-``readdirplus`` and ``cache_symlinks`` are on by default (DEFAULT_LEVERS,
-with the reasons for the others).  ``GITROOT_FUSE3_OFF=lever,...`` and
+``readdirplus`` and ``cache_symlinks`` are on by default, ``cache_readdir``
+too where the loaded libfuse passes it on (DEFAULT_LEVERS, with the reasons
+for the others).  ``GITROOT_FUSE3_OFF=lever,...`` and
 ``GITROOT_FUSE3_ON=lever,...`` turn levers off and on, so bench/mount.py
 can measure each one on its own; they are not meant for devices.
 
@@ -32,13 +38,17 @@ Threading: libfuse calls in on its one thread (``nothreads``).
 
 import ctypes
 import errno
+import fcntl
 import itertools
 import logging
 import os
+import struct
 from typing import Callable, Optional, Tuple
 
 from gitroot.serve.fusefs import (ENCODING, GitrootFS, binding_version, errno_of, fill_stat,
                                   loaded_library)
+from gitroot.git import manifest as mf
+from gitroot.serve.blobcache import BlobCache
 from gitroot.serve.vfs import RootView
 
 
@@ -85,22 +95,44 @@ log = logging.getLogger(__name__)
 # libfuse 3's fuse_common.h and fuse.h
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
 FUSE_CAP_CACHE_SYMLINKS = 1 << 23
+FUSE_CAP_PASSTHROUGH = 1 << 29
 FUSE_READDIR_PLUS = 1 << 0
 FUSE_FILL_DIR_PLUS = 1 << 1
 
 #: fuse_main's status when its loop ended with an error, incl. by a signal
 LOOP_ENDED = "8"
 
-LEVERS = ("readdirplus", "cache_readdir", "cache_symlinks", "plus_always")
-#: On unless turned off.  cache_readdir and plus_always are off: measured
-#: (docs/performance.md), with libfuse 3.14 the first brings nothing -- its
-#: high-level opendir does not pass keep_cache on, so the kernel drops the
-#: cached listing at every opendir -- and costs a trip through Python per
-#: directory opened; the second makes every warm listing a READDIRPLUS
+LEVERS = ("readdirplus", "cache_readdir", "cache_symlinks", "plus_always", "passthrough")
+#: (major, minor) of the libfuse mfusepy loaded (its fuse_version())
+LIBFUSE_VERSION = (mfusepy.fuse_version_major, mfusepy.fuse_version_minor)
+#: libfuse's high-level opendir passes cache_readdir and keep_cache on to
+#: the kernel since 3.16 (libfuse commit 98eb808, "Pass cache_readdir and
+#: keep_cache from high level API"); before, it drops both.
+CACHE_READDIR_SINCE = (3, 16)
+#: fuse_file_info has backing_id (and the layout _FileInfo317 reads) since 3.17
+PASSTHROUGH_SINCE = (3, 17)
+#: On unless turned off.  cache_readdir is on where libfuse passes it on:
+#: with libfuse 3.17 a warm walk then sends no READDIR at all, only OPENDIR
+#: and RELEASEDIR, and took 1.6x squashfs against 16.4x without it (best of
+#: 6; docs/performance.md, "cache_readdir under libfuse 3.17").
+#: With libfuse 3.14 it brings nothing -- the kernel drops the listing at
+#: every opendir -- and costs a trip through Python per directory opened.
+#: plus_always is off: it makes every warm listing a READDIRPLUS
 #: (attributes for each entry) where the kernel would send a plain READDIR.
-DEFAULT_LEVERS = frozenset(("readdirplus", "cache_symlinks"))
+#: passthrough is a prototype and costs disk space: opt-in.
+DEFAULT_LEVERS = frozenset(("readdirplus", "cache_symlinks")
+                           + (("cache_readdir",) if LIBFUSE_VERSION >= CACHE_READDIR_SINCE
+                              else ()))
 LEVERS_OFF_ENV = "GITROOT_FUSE3_OFF"
 LEVERS_ON_ENV = "GITROOT_FUSE3_ON"
+#: the passthrough lever's cache: its directory (default: gitroot-blob-cache
+#: in the repository) and its bound in MiB
+BLOB_CACHE_ENV = "GITROOT_BLOB_CACHE"
+BLOB_CACHE_MB_ENV = "GITROOT_BLOB_CACHE_MB"
+BLOB_CACHE_MB = 1024
+BLOB_CACHE_DIR = "gitroot-blob-cache"
+#: bytes read through the view per step while a blob is written to the cache
+BLOB_CHUNK = 1 << 20
 
 
 def _names(variable: str) -> set:
@@ -119,6 +151,88 @@ def describe() -> Tuple[str, str]:
             loaded_library(mfusepy._libfuse._name))
 
 
+class _FileInfo317(ctypes.Structure):
+    """libfuse 3.17's struct fuse_file_info up to backing_id (fuse_common.h);
+    mfusepy's reads poll_events and backing_id as one 64-bit field."""
+
+    _fields_ = [("flags", ctypes.c_int32), ("bits", ctypes.c_uint32),
+                ("padding2", ctypes.c_uint32), ("padding3", ctypes.c_uint32),
+                ("fh", ctypes.c_uint64), ("lock_owner", ctypes.c_uint64),
+                ("poll_events", ctypes.c_uint32), ("backing_id", ctypes.c_int32)]
+
+
+#: <linux/fuse.h>: _IOW(229, 1, struct fuse_backing_map {int32 fd; uint32
+#: flags; uint64 padding}); what libfuse's fuse_passthrough_open() does,
+#: which takes a low-level request the high-level API does not hand out
+FUSE_DEV_IOC_BACKING_OPEN = 0x4010E501
+_libfuse = mfusepy._libfuse
+_libfuse.fuse_get_session.restype = ctypes.c_void_p
+_libfuse.fuse_get_session.argtypes = [ctypes.c_void_p]
+_libfuse.fuse_session_fd.restype = ctypes.c_int
+_libfuse.fuse_session_fd.argtypes = [ctypes.c_void_p]
+
+
+class Passthrough:
+    """The passthrough lever: which backing file each open file gets.
+
+    A path's first open in this mount decides for good: the kernel refuses
+    to mix a passthrough open with a cached one of the same inode (ETXTBSY)
+    while either is open, and the daemon never sees a close.  A file whose
+    blob is in the cache (verified here first) or can be put there gets a
+    backing id, kept for the mount's life (one per path; the kernel holds
+    the backing file, so the cache's fd is closed at once); any other file
+    is served through read() as without the lever.
+    """
+
+    def __init__(self, cache: BlobCache):
+        self.cache = cache
+        self.backing: dict = {}         # path -> backing id, 0 for "through read()"
+        self.device_fd: Optional[int] = None
+
+    def backing_id(self, operations: GitrootFS, path: str) -> int:
+        known = self.backing.get(path)
+        if known is not None:
+            return known
+        backing = 0
+        view = operations.view
+        node = operations.node(path)
+        if node.kind == mf.KIND_FILE and node.oid is not None:
+            size = node.stat[5]
+            fd = self.cache.open_verified(node.oid, size)
+            if fd is None:
+                fd = self.cache.fill(node.oid, size, _chunks(view, node.path, size))
+            if fd is not None:
+                try:
+                    backing = self._register(fd)
+                finally:
+                    os.close(fd)
+        self.backing[path] = backing
+        log.debug("passthrough: %s -> backing id %d", path, backing)
+        return backing
+
+    def _register(self, fd: int) -> int:
+        if self.device_fd is None:
+            session = _libfuse.fuse_get_session(_libfuse.fuse_get_context().contents.fuse)
+            self.device_fd = _libfuse.fuse_session_fd(session)
+        try:
+            return fcntl.ioctl(self.device_fd, FUSE_DEV_IOC_BACKING_OPEN,
+                               bytearray(struct.pack("=iIQ", fd, 0, 0)), True)
+        except OSError as err:
+            log.warning("FUSE passthrough refused a backing file: %s", err.strerror or err)
+            return 0
+
+
+def _chunks(view: RootView, path: bytes, size: int):
+    """The file's bytes through the view, which verifies them as it reads."""
+    offset = 0
+    while offset < size:
+        chunk = view.read_file(path, BLOB_CHUNK, offset)
+        if not chunk:
+            return
+        offset += len(chunk)
+        yield chunk
+
+
 class _Operations(GitrootFS):
 
     def opendir(self, path):
@@ -130,8 +244,10 @@ class _FUSE(mfusepy.FUSE):
     """mfusepy's FUSE with gitroot's error mapping, a direct getattr and
     readdir, and the levers above."""
 
-    def __init__(self, operations: GitrootFS, mountpoint: str, levers: frozenset, **kwargs):
+    def __init__(self, operations: GitrootFS, mountpoint: str, levers: frozenset,
+                 passthrough: Optional[Passthrough] = None, **kwargs):
         self.levers = levers
+        self.passthrough = passthrough
         self.initialized = False
         if "cache_readdir" not in levers:
             operations.opendir = None        # left to libfuse: no trip through Python
@@ -164,9 +280,28 @@ class _FUSE(mfusepy.FUSE):
             want |= FUSE_CAP_CACHE_SYMLINKS & info.capable
         if "plus_always" in self.levers:
             want &= ~FUSE_CAP_READDIRPLUS_AUTO
+        if self.passthrough is not None:
+            if info.capable & FUSE_CAP_PASSTHROUGH:
+                want |= FUSE_CAP_PASSTHROUGH
+            else:
+                log.warning("the kernel offers no FUSE passthrough (Linux >= 6.9): "
+                            "files are served without it")
+                self.passthrough = None
         info.want = want
         self.initialized = True
         return super().init_fuse_3(conn, config)
+
+    def open(self, path, fip):
+        """With the passthrough lever, the file's backing id; without it,
+        ENOSYS (GitrootFS.open: the kernel stops sending OPEN at all)."""
+        if self.passthrough is None:
+            return super().open(path, fip)
+        backing = self.passthrough.backing_id(self.operations, path.decode(ENCODING))
+        if backing > 0:
+            ctypes.cast(fip, ctypes.POINTER(_FileInfo317)).contents.backing_id = backing
+        else:
+            fip.contents.keep_cache = 1     # what kernel_cache does without the lever
+        return 0
 
     def fgetattr(self, path, buf, fip):
         ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
@@ -223,5 +358,33 @@ def serve(view: RootView, on_ready: Optional[Callable[[], None]], mountpoint: st
     """Serve *view* at *mountpoint* until unmounted (blocks)."""
     levers = levers_on()
     log.debug("libfuse 3 levers on: %s", ", ".join(sorted(levers)) or "none")
-    _FUSE(_Operations(view, on_ready), mountpoint, levers, foreground=True, nothreads=True,
-          encoding=ENCODING, debug=debug, **options)
+    passthrough = None
+    if "passthrough" in levers:
+        passthrough = _passthrough(view)
+    if passthrough is not None:
+        # The kernel refuses a passthrough open that also asks to keep the
+        # page cache (FOPEN_KEEP_CACHE is outside its FOPEN_PASSTHROUGH_MASK:
+        # the open fails with EIO), and libfuse's kernel_cache sets it on
+        # every open; _FUSE.open sets it for the files served without.
+        options = dict(options)
+        options.pop("kernel_cache", None)
+    _FUSE(_Operations(view, on_ready), mountpoint, levers, passthrough, foreground=True,
+          nothreads=True, encoding=ENCODING, debug=debug, **options)
+
+
+def _passthrough(view: RootView) -> Optional[Passthrough]:
+    if LIBFUSE_VERSION < PASSTHROUGH_SINCE:
+        log.warning("FUSE passthrough needs libfuse >= 3.17 (loaded: %d.%d): "
+                    "files are served without it", *LIBFUSE_VERSION)
+        return None
+    directory = (os.environ.get(BLOB_CACHE_ENV)
+                 or os.path.join(view.repo.path, BLOB_CACHE_DIR))
+    try:
+        limit = int(os.environ.get(BLOB_CACHE_MB_ENV) or BLOB_CACHE_MB) << 20
+        cache = BlobCache(directory, limit)
+    except (OSError, ValueError) as err:
+        log.warning("FUSE passthrough off: blob cache %s: %s", directory,
+                    getattr(err, "strerror", None) or err)
+        return None
+    log.info("FUSE passthrough on: blob cache %s, at most %d MiB", directory, limit >> 20)
+    return Passthrough(cache)

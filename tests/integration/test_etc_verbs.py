@@ -118,10 +118,11 @@ def test_boot_persist_prints_the_mounts(tmp_path):
     # the declaration is malformed: the default paths, /home refused, /root
     # and /srv (not in the release) bind-mounted from the medium
     assert proc.stdout.splitlines() == [
-        f"bind {persist_dir}/etc/{A}/device {root}/etc",
-        f"overlay {lower}/var {root}/var {persist_dir}/data/var/upper {persist_dir}/data/var/work",
-        f"bind {persist_dir}/data/root/upper {root}/root",
-        f"bind {persist_dir}/data/srv/upper {root}/srv",
+        f"bind - {persist_dir}/etc/{A}/device {root}/etc",
+        f"overlay var.mount {lower}/var {root}/var {persist_dir}/data/var/upper "
+        f"{persist_dir}/data/var/work",
+        f"bind root.mount {persist_dir}/data/root/upper {root}/root",
+        f"bind srv.mount {persist_dir}/data/srv/upper {root}/srv",
     ]
     with open(persist_dir / "etc" / A / "device" / "machine-id") as f, \
             open(persist_dir / "machine-id") as g:

@@ -32,7 +32,12 @@ def test_installs_everything_a_device_needs(root):
     hook = root / "usr/share/initramfs-tools/hooks/gitroot"
     assert os.stat(hook).st_mode & 0o777 == 0o755
     assert (root / "usr/share/initramfs-tools/scripts/gitroot").is_file()
-    assert (root / "etc/initramfs-tools/conf.d/gitroot").read_text() == "FSTYPE=ext4\n"
+    conf = (root / "etc/initramfs-tools/conf.d/gitroot").read_text()
+    for line in ("FSTYPE=ext4", "COMPRESS=gzip", 'SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-1}"'):
+        assert line in conf.splitlines()
+    post_update = root / "etc/initramfs/post-update.d/gitroot"
+    assert os.stat(post_update).st_mode & 0o777 == 0o755
+    assert "gitroot uncompress-initrd" in post_update.read_text()
     for unit, target in (("gitroot-fetch.service", "multi-user.target"),
                          ("gitroot-mark-good.service", "multi-user.target"),
                          ("gitroot-fetch.timer", "timers.target"),

@@ -295,9 +295,30 @@ def test_fetcher_killed_mid_transfer_then_completes(world):
     st = device.status()
     assert st["trial"] is None and st["last_good"] == first
     fsck(device.repo)
+    # what the killed git left: its partial pack, and (had it been cut
+    # while updating the incoming ref) a ref lock that would stop every
+    # later fetch
+    partial = [os.path.join(device.repo, "objects", "pack", name)
+               for name in os.listdir(os.path.join(device.repo, "objects", "pack"))
+               if name.startswith("tmp_pack_")]
+    assert partial and os.path.getsize(partial[0]) > 0
+    lock = os.path.join(device.repo, "refs", "gitroot", "incoming", BRANCH + ".lock")
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    with open(lock, "w") as f:
+        f.write(first + "\n")
     server.restart(kbytes_per_second=0)
+    # written in this boot: perhaps a git of this boot's, so kept (the
+    # lock then stops the fetch, and nothing is pinned)
+    proc = device.run("fetch", check=False)
+    assert proc.returncode != 0 and ".lock" in proc.stderr, proc.stderr
+    assert os.path.exists(partial[0]) and device.status()["trial"] is None
+    # after a reboot (the files predate this boot) the fetch clears them
+    from gitroot.device.leftovers import boot_time
+    for path in partial + [lock]:
+        os.utime(path, (boot_time() - 60,) * 2)
     assert device.run("fetch").stdout.startswith("pinned:")
     assert device.status()["trial"]["commit"] == big
+    assert not os.path.exists(lock) and not any(map(os.path.exists, partial))
     fsck(device.repo)
 
 

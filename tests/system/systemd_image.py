@@ -106,6 +106,7 @@ say "mark-good $(systemctl show -p Result --value gitroot-mark-good.service) $(s
 say "fetch $(systemctl show -p Result --value gitroot-fetch.service)"
 say "fetch-log $(journalctl -u gitroot-fetch.service -o cat --no-pager | tr '\n' '|')"
 say "root $(findmnt -n -o FSTYPE /)"
+say "var-mount $(systemctl show -p FragmentPath --value var.mount) $(systemctl show -p Requires --value systemd-journal-flush.service)"
 say "status-json $(gitroot status --json | tr -d '\n')"
 say "log-json $(gitroot log --json | tr -d '\n')"
 gitroot status 2>&1 | sed 's/^/GITROOT-TEST: status-line /'
@@ -121,6 +122,40 @@ After=multi-user.target gitroot-mark-good.service gitroot-fetch.service
 [Service]
 Type=oneshot
 ExecStart=/usr/local/sbin/gitroot-test-report
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+# Scenario 6 (a power cut during a fetch) kills QEMU on this script's line:
+# the fetch's incoming pack on the medium is there and growing.
+TRANSFER_WATCH = r"""#!/bin/sh
+pack_dir=/run/gitroot/medium/gitroot/repo.git/objects/pack
+first=
+n=0
+while [ "$n" -lt 1800 ]; do
+    for f in "$pack_dir"/tmp_pack_*; do
+        [ -f "$f" ] || continue
+        size=$(stat -c %s "$f" 2>/dev/null) || continue
+        if [ -z "$first" ]; then
+            first=$size
+        elif [ "$size" -gt $((first + 1048576)) ]; then
+            echo "GITROOT-TEST: transfer under way: $first -> $size bytes in ${f##*/}" \
+                >/dev/ttyS0
+            exit 0
+        fi
+    done
+    sleep 0.5
+    n=$((n + 1))
+done
+"""
+
+TRANSFER_WATCH_UNIT = """[Unit]
+Description=gitroot test: say on the console when a fetch's pack arrives
+ConditionPathExists=/run/gitroot/booted
+
+[Service]
+ExecStart=/usr/local/sbin/gitroot-test-transfer-watch
 
 [Install]
 WantedBy=multi-user.target
@@ -159,7 +194,8 @@ RequiredBy=boot-complete.target
 def _key(release: str, loader: str) -> str:
     return build_key((BUILD_FORMAT, release, loader, PACKAGES[release], CMDLINE, REPORT,
                       REPORT_UNIT, INITRD_MARK_HOOK, INITRD_MARK_SCRIPT, HEALTH_UNIT,
-                      GRUB_MODULES, inspect.getsource(_build), inspect.getsource(_release)))
+                      GRUB_MODULES, TRANSFER_WATCH, TRANSFER_WATCH_UNIT,
+                      inspect.getsource(_build), inspect.getsource(_release)))
 
 
 def _write(path: str, text: str, mode: int = 0o644) -> None:
@@ -231,6 +267,11 @@ def _build(dest: str, release: str, loader: str) -> None:
     _write(os.path.join(root, "usr/local/sbin/gitroot-test-report"), REPORT, 0o755)
     _write(os.path.join(root, "etc/systemd/system/gitroot-test-report.service"), REPORT_UNIT)
     _enable(root, "gitroot-test-report.service", "multi-user.target")
+    _write(os.path.join(root, "usr/local/sbin/gitroot-test-transfer-watch"), TRANSFER_WATCH,
+           0o755)
+    _write(os.path.join(root, "etc/systemd/system/gitroot-test-transfer-watch.service"),
+           TRANSFER_WATCH_UNIT)
+    _enable(root, "gitroot-test-transfer-watch.service", "multi-user.target")
     _write(os.path.join(root, "etc/initramfs-tools/hooks/gitroot-test-mark"),
            INITRD_MARK_HOOK, 0o755)
     _write(os.path.join(root, "etc/initramfs-tools/scripts/init-bottom/gitroot-test-mark"),
@@ -243,8 +284,13 @@ def _build(dest: str, release: str, loader: str) -> None:
     timings["install-image"] = time.monotonic() - started
     with open(os.path.join(root, "etc/gitroot/gitroot.yml"), "a") as f:
         f.write("tries: 2\n")
-    shutil.copy(os.path.join(root, "boot", f"initrd.img-{version}"),
-                os.path.join(work, "gitroot-initrd.img"))
+    # as gitroot installs it for the boot loader (the release keeps it
+    # uncompressed), so bench/boot.py compares like with like
+    from gitroot.device.initrd import boot_initrd
+    with open(os.path.join(root, "boot", f"initrd.img-{version}"), "rb") as f:
+        installed, _ = boot_initrd(f.read())
+    with open(os.path.join(work, "gitroot-initrd.img"), "wb") as f:
+        f.write(installed)
 
     publisher = os.path.join(work, "publisher.git")
     started = time.monotonic()
@@ -435,15 +481,20 @@ def _write_mbr(image: str, start: int, sectors: int) -> None:
         f.write(entry + bytes(48) + b"\x55\xaa")
 
 
-def updates_disk(info: dict, where: str, release: Optional[str]) -> str:
+def updates_disk(info: dict, where: str, release: Optional[str],
+                 git_config: Optional[Dict[str, str]] = None) -> str:
     """The second disk: the publisher's repository with main at *release*
-    (None: an empty disk, an update source that cannot be reached)."""
+    (None: an empty disk, an update source that cannot be reached), with
+    *git_config* set in it (git replaces the hard-linked config file, so
+    the cached build keeps its own)."""
     staging = os.path.join(where, "updates")
     os.makedirs(staging)
     if release is not None:
         repo = os.path.join(staging, "os.git")
         run("cp", "-al", os.path.join(info["dir"], "publisher.git"), repo)
         run("git", "-C", repo, "update-ref", "refs/heads/main", info["commits"][release])
+        for key, value in (git_config or {}).items():
+            run("git", "-C", repo, "config", key, value)
     image = os.path.join(where, "updates.img")
     size_mb = int(run("du", "-sm", staging).stdout.split()[0]) * 5 // 4 + 64
     run("mkfs.ext4", "-q", "-L", "updates", "-d", staging, image, f"{size_mb}M")
@@ -502,12 +553,15 @@ def efi_variables(where: str) -> str:
 def qemu_boot(disks: List[str], timeout: float = 600, kernel: Optional[str] = None,
               initrd: Optional[str] = None, append: Optional[str] = None,
               kill_after: Optional[str] = None, log_path: Optional[str] = None,
+              slow_disks: Optional[Dict[str, int]] = None, kill_delay: float = 0,
               efi_vars: Optional[str] = None) -> Boot:
     """Boot once (TCG, no network); QEMU exits when the guest powers off or
-    reboots (-no-reboot).  *kill_after*: kill QEMU when a serial line holds
-    this text (a power cut).  *log_path*: the serial lines, written as they
-    come (timestamped), to watch a boot or read it after a failure.
-    *efi_vars*: boot through OVMF (UEFI) with this variable store, not SeaBIOS."""
+    reboots (-no-reboot).  *kill_after*: kill QEMU (SIGKILL) when a serial
+    line holds this text, *kill_delay* seconds later (a power cut).  *log_path*: the serial lines,
+    written as they come (timestamped), to watch a boot or read it after a
+    failure.  *slow_disks*: disk -> bytes per second it is read at (QEMU's
+    I/O throttling), for a transfer that lasts.  *efi_vars*: boot through
+    OVMF (UEFI) with this variable store, not SeaBIOS."""
     import select
     cmd = [QEMU, "-nodefaults", "-display", "none", "-no-reboot", "-m", "1024", "-smp", "2",
            "-accel", "tcg", "-nic", "none", "-serial", "stdio"]
@@ -520,7 +574,9 @@ def qemu_boot(disks: List[str], timeout: float = 600, kernel: Optional[str] = No
         cmd += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
                 "-drive", f"if=pflash,format=raw,file={efi_vars}"]
     for disk in disks:
-        cmd += ["-drive", f"file={disk},format=raw,if=virtio"]
+        limit = (slow_disks or {}).get(disk)
+        cmd += ["-drive", f"file={disk},format=raw,if=virtio"
+                + (f",throttling.bps-read={limit}" if limit else "")]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
@@ -528,13 +584,17 @@ def qemu_boot(disks: List[str], timeout: float = 600, kernel: Optional[str] = No
     buffer = b""
     log = open(log_path, "a") if log_path else None
     prompt_seen = False
+    kill_at: Optional[float] = None
     try:
         while True:
             left = timeout - (time.monotonic() - started)
             if left <= 0:
                 raise AssertionError(f"QEMU still running after {timeout} s:\n"
                                      + "\n".join(l for _, l in lines[-80:]))
-            ready, _, _ = select.select([proc.stdout], [], [], min(left, 5))
+            if kill_at is not None and time.monotonic() >= kill_at:
+                proc.kill()
+                kill_at = None
+            ready, _, _ = select.select([proc.stdout], [], [], min(left, 1 if kill_at else 5))
             if not ready:
                 continue
             chunk = os.read(proc.stdout.fileno(), 65536)
@@ -555,8 +615,9 @@ def qemu_boot(disks: List[str], timeout: float = 600, kernel: Optional[str] = No
                 if log:
                     log.write(f"{now:7.1f} {line}\n")
                     log.flush()
-                if kill_after and kill_after in line:
-                    proc.kill()
+                if kill_after and kill_after in line and kill_at is None:
+                    kill_at = time.monotonic() + kill_delay
+                    kill_after = None
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:

@@ -274,11 +274,12 @@ def test_plan_for_the_default_declaration(tmp_path):
     plan, root = boot(tmp_path, A, lower)
     layout = Layout(str(tmp_path / "persist"))
     assert [m.line() for m in plan.mounts] == [
-        f"bind {layout.etc_of(A)}/device {root}/etc",
-        f"overlay {lower}/var {root}/var {layout.root}/data/var/upper {layout.root}/data/var/work",
-        f"overlay {lower}/home {root}/home {layout.root}/data/home/upper "
+        f"bind - {layout.etc_of(A)}/device {root}/etc",
+        f"overlay var.mount {lower}/var {root}/var {layout.root}/data/var/upper "
+        f"{layout.root}/data/var/work",
+        f"overlay home.mount {lower}/home {root}/home {layout.root}/data/home/upper "
         f"{layout.root}/data/home/work",
-        f"overlay {lower}/root {root}/root {layout.root}/data/root/upper "
+        f"overlay root.mount {lower}/root {root}/root {layout.root}/data/root/upper "
         f"{layout.root}/data/root/work",
     ]
     assert plan.messages == ["/srv: a symlink or a file in the release, not a directory; "
@@ -291,7 +292,8 @@ def test_a_path_missing_from_the_release_is_a_bind_mount(tmp_path):
     lower = release(tmp_path, "r1", ETC1, {persist.DECLARATION: b"/opt/data\n"})
     plan, root = boot(tmp_path, A, lower)
     layout = Layout(str(tmp_path / "persist"))
-    assert plan.mounts[1].line() == f"bind {layout.root}/data/opt%data/upper {root}/opt/data"
+    assert plan.mounts[1].line() == \
+        f"bind opt-data.mount {layout.root}/data/opt%data/upper {root}/opt/data"
     assert os.path.isdir(f"{root}/opt/data")
 
 
@@ -380,3 +382,20 @@ def test_a_malformed_kiosk_option_is_an_error(line):
     from gitroot.errors import CmdlineError
     with pytest.raises(CmdlineError, match="gitroot.persist"):
         parse_cmdline(line)
+
+
+@pytest.mark.parametrize("path", ["/var", "/var/lib/app-data", "/srv/.hidden", "/home/a@b+c",
+                                  "/opt/x_y.z/-lead", "/"])
+def test_mount_unit_names_are_systemds(path):
+    """The unit name the boot script writes is the one systemd gives the
+    mount point (systemd-escape, where the host has it)."""
+    import shutil
+    expected = {"/var": "var.mount", "/var/lib/app-data": "var-lib-app\\x2ddata.mount",
+                "/": "-.mount"}
+    if shutil.which("systemd-escape"):
+        expected[path] = subprocess.run(["systemd-escape", "--path", "--suffix=mount", path],
+                                        capture_output=True, text=True,
+                                        check=True).stdout.strip()
+    if path not in expected:
+        pytest.skip("systemd-escape is not installed")
+    assert persist.mount_unit(path) == expected[path]

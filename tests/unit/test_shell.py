@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-SCRIPTS = ["initramfs/gitroot", "hooks/gitroot"]
+SCRIPTS = ["initramfs/gitroot", "hooks/gitroot", "hooks/post-update"]
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None,
@@ -36,8 +36,9 @@ def test_parses_with_dash(script):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_hook_is_executable():
-    assert os.access(os.path.join(REPO_ROOT, "hooks/gitroot"), os.X_OK)
+@pytest.mark.parametrize("hook", ["hooks/gitroot", "hooks/post-update"])
+def test_hook_is_executable(hook):
+    assert os.access(os.path.join(REPO_ROOT, hook), os.X_OK)
 
 
 # -- Python: pyflakes ---------------------------------------------------------

@@ -124,15 +124,24 @@ def install_release(repo, commit: str, boot_dir: str) -> bool:
     """Copy *commit*'s kernel and initrd into BOOT_DIR/gitroot/<commit>/.
 
     Each file is written to a temporary name, fsynced and renamed, so a file
-    that exists is whole; present files are not written again.  Returns
-    False when the release has no kernel in its /boot.
+    that exists is whole; present files are not written again.  An initrd
+    kept uncompressed in the release is compressed for the loader
+    (:mod:`gitroot.device.initrd`).  Returns False when the release has no
+    kernel in its /boot, or one past gitroot's bounds.
     """
     target = release_dir(boot_dir, commit)
     wanted = (os.path.join(target, KERNEL), os.path.join(target, INITRD))
     if all(os.path.isfile(path) for path in wanted):
         return True
     from gitroot.device.bootfiles import _release_boot_files
-    files = _release_boot_files(repo, commit)
+    from gitroot.device.initrd import InitrdError
+    try:
+        files = _release_boot_files(repo, commit)
+    except InitrdError as err:
+        # the other kept releases still get their entries: a mark-good or
+        # rollback must not fail for a release that cannot be installed
+        log.warning("%s: no boot loader entry for it", err)
+        return False
     if "vmlinuz" not in files:
         log.warning("release %s has no kernel in /boot: no boot loader entry for it",
                     commit[:12])
