@@ -49,9 +49,14 @@ class Prototype(pyfuse3.Operations):
         except EntryError:
             raise pyfuse3.FUSEError(errno.EIO) from None
 
-    def _entry(self, node):
+    def _child_path(self, parent_inode, name):
+        parent = self.paths[parent_inode]
+        return name if parent == b"." else parent + b"/" + name
+
+    def _entry(self, node, path=None):
         mode, ino, nlink, uid, gid, size, rdev, mtime = node.stat
-        self.paths.setdefault(ino, node.path)
+        if path is not None:      # the view keeps a path for directories only
+            self.paths.setdefault(ino, path)
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = ino
         attr.st_mode = mode
@@ -76,13 +81,14 @@ class Prototype(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         if kid.error is not None:
             raise pyfuse3.FUSEError(errno.EIO)
-        return self._entry(kid)
+        return self._entry(kid, self._child_path(parent_inode, name))
 
     async def getattr(self, inode, ctx=None):
         return self._entry(self._node(inode))
 
     async def readlink(self, inode, ctx):
-        return self.view.readlink(self._node(inode).path)
+        self._node(inode)
+        return self.view.readlink(self.paths[inode])
 
     async def opendir(self, inode, ctx):
         return inode
@@ -96,7 +102,8 @@ class Prototype(pyfuse3.Operations):
             name, kid = kids[index]
             if kid.error is not None:
                 continue
-            if not pyfuse3.readdir_reply(token, name, self._entry(kid), index + 1):
+            if not pyfuse3.readdir_reply(token, name, self._entry(kid, self._child_path(fh, name)),
+                                         index + 1):
                 return
 
     async def open(self, inode, flags, ctx):
@@ -111,13 +118,13 @@ class Prototype(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def getxattr(self, inode, name, ctx):
-        for key, value in self.view.xattrs(self._node(inode).path):
+        for key, value in self.view.xattrs(self.paths[inode]):
             if key == name:
                 return value
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     async def listxattr(self, inode, ctx):
-        return [key for key, _ in self.view.xattrs(self._node(inode).path)]
+        return [key for key, _ in self.view.xattrs(self.paths[inode])]
 
     async def statfs(self, ctx):
         s = self.view.statfs()

@@ -45,8 +45,8 @@ import os
 import struct
 from typing import Callable, Optional, Tuple
 
-from gitroot.serve.fusefs import (ENCODING, GitrootFS, binding_version, errno_of, fill_stat,
-                                  loaded_library)
+from gitroot.serve.fusefs import (ENCODING, GitrootFS, _vpath, binding_version, errno_of,
+                                  fill_stat, loaded_library)
 from gitroot.git import manifest as mf
 from gitroot.serve.blobcache import BlobCache
 from gitroot.serve.vfs import RootView
@@ -200,7 +200,9 @@ class Passthrough:
             size = node.stat[5]
             fd = self.cache.open_verified(node.oid, size)
             if fd is None:
-                fd = self.cache.fill(node.oid, size, _chunks(view, node.path, size))
+                # the path looked up, not node.path: the view keeps a path
+                # for directories only (a file's node is kept small)
+                fd = self.cache.fill(node.oid, size, _chunks(view, _vpath(path), size))
             if fd is not None:
                 try:
                     backing = self._register(fd)

@@ -18,7 +18,9 @@ What it guarantees, for a repository that may come from an attacker:
   not match, a rejected line) the entry is an I/O error, never served wrong.
 
 Directories are loaded lazily, the first time a path under them is looked
-up, so mounting costs one manifest parse however large the tree is.
+up, and so are their manifest lines (``gitroot.git.manifest.ManifestIndex``):
+mounting costs one scan of the manifest, and memory grows with what was
+looked at, in compact nodes.
 
 Threading: meant for one thread (the adapter runs FUSE single-threaded).
 Lazy loading only ever adds complete, immutable nodes with single dict
@@ -88,23 +90,88 @@ def stat_dict(st: Stat) -> dict:
 class Node:
     """One entry: attributes ready for stat, plus where its content lives."""
 
-    __slots__ = ("path", "kind", "oid", "stat", "entry", "error", "children", "target")
+    # One node per entry a walk met stays in memory while mounted, so it is
+    # kept small (docs/performance.md, "Scale": ~260 bytes an entry less
+    # than a node with a Stat tuple, a path and the manifest's Entry): the
+    # attributes are slots (``stat`` builds the tuple when asked), of the
+    # manifest's Entry only the xattrs stay (usually the one shared ()),
+    # and what only some kinds need is kept by those kinds' subclasses
+    # (a directory its path and children, a symlink its target, a device
+    # its kind and number, an error node its reason); the class attributes
+    # answer for the others.  This class itself is a regular file's node.
+    __slots__ = ("oid", "st_mode", "st_ino", "st_nlink", "st_uid", "st_gid",
+                 "st_size", "st_mtime", "xattrs")
+    kind: str = mf.KIND_FILE
+    st_rdev: int = 0
+    path: Optional[bytes] = None        # directories only
+    children: Optional[Dict[bytes, "Node"]] = None   # directories, once loaded
+    target: Optional[bytes] = None      # symlinks, once read
+    error: Optional[str] = None         # set: this entry is served as an I/O error
 
-    def __init__(self, path: bytes, kind: str, oid: Optional[bytes], stat: Optional[Stat],
-                 entry: Optional[mf.Entry], error: Optional[str] = None):
-        self.path = path
-        self.kind = kind
+    def __init__(self, oid: Optional[bytes], stat: Optional[Stat],
+                 xattrs: Tuple[Tuple[bytes, bytes], ...] = ()):
         self.oid = oid              # raw 20 bytes: blob (f, l) or tree (d); None otherwise
-        self.stat = stat            # see Stat; None for an error node
-        self.entry = entry          # manifest entry (None: defaults were used)
-        self.error = error          # set: this entry is served as an I/O error
-        self.children: Optional[Dict[bytes, "Node"]] = None   # dirs, once loaded
-        self.target: Optional[bytes] = None                    # symlinks, once read
+        (self.st_mode, self.st_ino, self.st_nlink, self.st_uid, self.st_gid,
+         self.st_size, _rdev, self.st_mtime) = stat or _NO_STAT
+        self.xattrs = xattrs        # from the manifest
+
+    @property
+    def stat(self) -> Optional[Stat]:
+        """See Stat; None for an error node.  Its st_size is what a blob's
+        length is checked against."""
+        if self.error is not None:
+            return None
+        return (self.st_mode, self.st_ino, self.st_nlink, self.st_uid, self.st_gid,
+                self.st_size, self.st_rdev, self.st_mtime)
 
     @property
     def attrs(self) -> Optional[dict]:
         """The stat dict (built on each call; the adapter uses .stat)."""
         return stat_dict(self.stat) if self.stat is not None else None
+
+
+class DirNode(Node):
+    __slots__ = ("path", "children")
+    kind = mf.KIND_DIR
+
+    def __init__(self, path: bytes, oid: Optional[bytes], stat: Stat,
+                 xattrs: Tuple[Tuple[bytes, bytes], ...] = ()):
+        super().__init__(oid, stat, xattrs)
+        self.path = path            # what its children are loaded by
+        self.children = None
+
+
+class SymlinkNode(Node):
+    __slots__ = ("target",)
+    kind = mf.KIND_SYMLINK
+
+    def __init__(self, oid: Optional[bytes], stat: Stat,
+                 xattrs: Tuple[Tuple[bytes, bytes], ...] = ()):
+        super().__init__(oid, stat, xattrs)
+        self.target = None
+
+
+class SpecialNode(Node):
+    """A device, fifo or socket (the manifest alone makes them)."""
+
+    __slots__ = ("kind", "st_rdev")
+
+    def __init__(self, kind: str, stat: Stat, xattrs: Tuple[Tuple[bytes, bytes], ...] = ()):
+        super().__init__(None, stat, xattrs)
+        self.kind = kind
+        self.st_rdev = stat[6]
+
+
+class ErrorNode(Node):
+    __slots__ = ("error",)
+    kind = "?"
+
+    def __init__(self, reason: str):
+        super().__init__(None, None)
+        self.error = reason
+
+
+_NO_STAT = (0,) * 8
 
 
 def _fallback_ino(path: bytes) -> int:
@@ -123,9 +190,11 @@ class RootView:
         self.commit_time_ns = commit.commit_time * 1_000_000_000
         root_tree = _raw(commit.tree_id)
         self._files = ObjectFiles(repo.path)
+        #: one int object per distinct mode, uid and gid (28 bytes an entry each)
+        self._shared_ints: Dict[int, int] = {}
         self.manifest = self._load_manifest(root_tree)
-        root_entry = self.manifest.entries[b"."]
-        self.root = self._make_node(b".", mf.KIND_DIR, root_tree, root_entry)
+        self.root = self._make_node(b".", mf.KIND_DIR, root_tree, self.manifest.root,
+                                    self.manifest.lineno(0) - 1)
         self._logged: set = set()
         self._recent: Dict[bytes, bytes] = {}   # path -> blob, oldest first
         self._recent_bytes = 0
@@ -141,25 +210,28 @@ class RootView:
         where = self._files.locate(oid)
         return where.size if where is not None else None
 
-    def _load_manifest(self, root_tree: bytes) -> mf.Manifest:
+    def _load_manifest(self, root_tree: bytes) -> mf.ManifestIndex:
         where = f"commit {self.commit_id[:12]}"
-        # the manifest's size is checked before it is inflated (MAX_MANIFEST_BYTES)
-        manifest = mf.parse_manifest(read_manifest_bytes(self.odb, root_tree, where,
-                                                         size_of=self._stored_size))
-        for lineno, reason in manifest.rejected:
+
+        def rejected(lineno: int, reason: str) -> None:
             log.error("%s: manifest line %d rejected: %s", where, lineno, reason)
-        return manifest
+
+        # the manifest's size is checked before it is inflated (MAX_MANIFEST_BYTES);
+        # its lines are parsed directory by directory, as they are loaded
+        return mf.ManifestIndex(read_manifest_bytes(self.odb, root_tree, where,
+                                                    size_of=self._stored_size),
+                                on_reject=rejected)
 
     def _make_node(self, path: bytes, kind: str, oid: Optional[bytes],
-                   entry: Optional[mf.Entry], git_mode: int = 0) -> Node:
+                   entry: Optional[mf.Entry], ino: int = 0, git_mode: int = 0) -> Node:
+        xattrs: Tuple[Tuple[bytes, bytes], ...] = ()
         if entry is not None:
-            path = entry.path           # one bytes object for both (memory)
             mode = entry.st_mode
             uid, gid, mtime = entry.uid, entry.gid, entry.mtime_ns
             size = entry.size or 0
-            ino = self.manifest.inode[path]
-            nlink = self.manifest.nlink.get(ino, 1)
+            nlink = self.manifest.nlink(ino) if kind == mf.KIND_FILE else 1
             rdev = _device_number(entry.rdev) if entry.rdev else 0
+            xattrs = entry.xattrs
         else:
             # Not in the manifest (e.g. committed with plain git): git's own view.
             perm = {mf.KIND_DIR: 0o755, mf.KIND_SYMLINK: 0o777}.get(
@@ -172,12 +244,21 @@ class RootView:
             nlink = 1
             rdev = 0
         if kind == mf.KIND_DIR:
-            nlink = 2 + self.manifest.subdirs.get(path, 0)
-        return Node(path, kind, oid, (mode, ino, nlink, uid, gid, size, rdev, mtime), entry)
+            nlink = 2 + self.manifest.subdirs(path)
+        shared = self._shared_ints
+        stat = (shared.setdefault(mode, mode), ino, nlink, shared.setdefault(uid, uid),
+                shared.setdefault(gid, gid), size, rdev, mtime)
+        if kind == mf.KIND_DIR:
+            return DirNode(path, oid, stat, xattrs)
+        if kind == mf.KIND_SYMLINK:
+            return SymlinkNode(oid, stat, xattrs)
+        if kind == mf.KIND_FILE:
+            return Node(oid, stat, xattrs)
+        return SpecialNode(kind, stat, xattrs)
 
     def _error_node(self, path: bytes, reason: str) -> Node:
         self._log_once(path, reason)
-        return Node(path, "?", None, None, None, reason)
+        return ErrorNode(reason)
 
     def _log_once(self, path: bytes, reason: str) -> None:
         key = (path, reason)
@@ -189,7 +270,7 @@ class RootView:
         """Build *node*'s children from its tree and the manifest."""
         path = node.path
         prefix = b"" if path == b"." else path + b"/"
-        manifest = self.manifest
+        listed = {name: (verdict, ino) for name, verdict, ino in self.manifest.listing(path)}
         children: Dict[bytes, Node] = {}
         seen_git = set()
         items: List[go.TreeItem] = []
@@ -211,37 +292,34 @@ class RootView:
                 children[name] = self._error_node(child_path, "name appears twice in its tree")
                 continue
             seen_git.add(name)
-            children[name] = self._git_child(child_path, item)
-        cut = len(prefix)
-        for child_path in manifest.children.get(path, ()):
-            name = child_path[cut:]
-            if name in seen_git:
-                continue
-            entry = manifest.entries[child_path]
-            if entry.kind in mf.GIT_KINDS:
+            children[name] = self._git_child(child_path, item, *listed.pop(name, (None, 0)))
+        for name, (verdict, ino) in listed.items():
+            child_path = prefix + name
+            if isinstance(verdict, str):
+                if go.name_problem(name):      # could not even be listed
+                    self._log_once(path, f"entry {name[:60]!r}... not served: {verdict}")
+                    continue
+                children[name] = self._error_node(child_path, verdict)
+            elif verdict.kind in mf.GIT_KINDS:
                 children[name] = self._error_node(
                     child_path, "the manifest lists it but the tree has no such entry")
             else:
-                children[name] = self._entry_node(child_path, entry.kind, None, entry)
-        for child_path, reason in manifest.poisoned.items():
-            if mf.parent_of(child_path) == path:
-                name = child_path[len(prefix):]
-                if go.name_problem(name):      # could not even be listed
-                    self._log_once(path, f"entry {name[:60]!r}... not served: {reason}")
-                    continue
-                children[name] = self._error_node(child_path, reason)
+                children[name] = self._entry_node(child_path, verdict.kind, None, verdict, ino)
         return children
 
     def _entry_node(self, path: bytes, kind: str, oid: Optional[bytes],
-                    entry: Optional[mf.Entry], git_mode: int = 0) -> Node:
+                    entry: Optional[mf.Entry], ino: int, git_mode: int = 0) -> Node:
         """_make_node for one child: whatever is wrong with its entry costs
         that entry (an I/O error), never its directory."""
         try:
-            return self._make_node(path, kind, oid, entry, git_mode)
+            return self._make_node(path, kind, oid, entry, ino, git_mode)
         except EntryError as err:
             return self._error_node(path, str(err))
 
-    def _git_child(self, path: bytes, item: go.TreeItem) -> Node:
+    def _git_child(self, path: bytes, item: go.TreeItem,
+                   verdict: Optional[mf.Verdict], ino: int) -> Node:
+        """The node of a tree entry, with the manifest's *verdict* on its
+        line (None: it has none)."""
         mode = item.mode
         if mode == go.MODE_TREE or mode == go.MODE_GITLINK:
             kind = mf.KIND_DIR
@@ -251,21 +329,20 @@ class RootView:
             kind = mf.KIND_SYMLINK
         else:
             return self._error_node(path, f"unknown tree entry mode {mode:o}")
-        if path in self.manifest.poisoned:
-            return self._error_node(path, self.manifest.poisoned[path])
-        entry = self.manifest.entries.get(path)
+        if isinstance(verdict, str):
+            return self._error_node(path, verdict)
+        entry = verdict
         if entry is not None and entry.kind != kind:
             return self._error_node(path, f"the manifest says kind {entry.kind!r}, "
                                           f"the tree says {kind!r}")
         # A submodule (gitlink) is served as an empty directory.
         oid = None if mode == go.MODE_GITLINK else item.oid
-        node = self._entry_node(path, kind, oid, entry, git_mode=mode)
+        node = self._entry_node(path, kind, oid, entry, ino, git_mode=mode)
         if node.error is not None:
             return node
         if entry is None and oid is not None and kind != mf.KIND_DIR:
             try:
-                st = node.stat
-                node.stat = st[:ST_SIZE] + (self._object_size(oid),) + st[ST_SIZE + 1:]
+                node.st_size = self._object_size(oid)
             except (KeyError, pygit2.GitError, ValueError) as err:
                 return self._error_node(path, f"object {oid.hex()} unreadable: {err}")
         return node
@@ -330,15 +407,14 @@ class RootView:
             if where is not None and where.size > PATH_MAX:
                 # no kernel takes a longer target; never inflate a huge one
                 reason = f"symlink target of {where.size} bytes (more than {PATH_MAX})"
-                self._log_once(node.path, reason)
+                self._log_once(path, reason)
                 raise EntryError(reason)
-            target = self._content(node)
+            target = self._content(node, path)
             node.target = target
         return node.target
 
     def xattrs(self, path: bytes) -> Tuple[Tuple[bytes, bytes], ...]:
-        node = self.lookup(path)
-        return node.entry.xattrs if node.entry is not None else ()
+        return self.lookup(path).xattrs
 
     def read_file(self, path: bytes, size: int, offset: int) -> bytes:
         """Bytes [offset, offset+size) of the regular file at *path*.
@@ -357,7 +433,7 @@ class RootView:
             raise IsADirectoryError(path) if node.kind == mf.KIND_DIR else OSError(6, "no device")
         stream = self._streams.get(node.oid)
         if stream is not None:
-            return self._read_stream(node, stream, size, offset)
+            return self._read_stream(node, path, stream, size, offset)
         recent = self._recent
         data = recent.pop(path, None)
         if data is not None:
@@ -365,16 +441,17 @@ class RootView:
         else:
             where = self._files.locate(node.oid)
             if where is not None and where.size > STREAM_ABOVE:
-                self._check_size(node, where.size)
+                self._check_size(node, path, where.size)
                 if not where.delta:
-                    return self._read_stream(node, self._stream(node, where), size, offset)
+                    return self._read_stream(node, path, self._stream(node, path, where),
+                                             size, offset)
                 if where.size > MAX_WHOLE:
                     reason = (f"stored as a delta of {where.size} bytes: more than the "
                               f"{MAX_WHOLE >> 20} MiB a delta is inflated whole "
                               "(repack the repository)")
-                    self._log_once(node.path, reason)
+                    self._log_once(path, reason)
                     raise EntryError(reason)
-            data = self._content(node)
+            data = self._content(node, path)
         end = offset + size
         if end < len(data):
             # kept until read to its end; a big one (a delta) alone
@@ -384,49 +461,52 @@ class RootView:
                 self._recent_bytes -= len(recent.pop(next(iter(recent))))
         return data[offset:end]
 
-    def _stream(self, node: Node, where) -> StreamedBlob:
+    def _stream(self, node: Node, path: bytes, where) -> StreamedBlob:
         stream = StreamedBlob(node.oid, where)
         try:
             stream.verify()
         except (BlobStreamError, OSError, zlib.error) as err:
             reason = f"object {node.oid.hex()} is unreadable: {err}"
-            self._log_once(node.path, reason)
+            self._log_once(path, reason)
             raise EntryError(reason) from None
         self._streams[node.oid] = stream
         while len(self._streams) > RECENT_STREAMS:
             del self._streams[next(iter(self._streams))]
         return stream
 
-    def _read_stream(self, node: Node, stream: StreamedBlob, size: int, offset: int) -> bytes:
+    def _read_stream(self, node: Node, path: bytes, stream: StreamedBlob, size: int,
+                     offset: int) -> bytes:
         try:
             return stream.read(offset, size)
         except (BlobStreamError, OSError, zlib.error) as err:
             self._streams.pop(node.oid, None)
             reason = f"object {node.oid.hex()} is unreadable: {err}"
-            self._log_once(node.path, reason)
+            self._log_once(path, reason)
             raise EntryError(reason) from None
 
-    def _check_size(self, node: Node, actual: int) -> None:
-        expected = node.entry.size if node.entry is not None else None
-        if expected is not None and actual != expected:
+    def _check_size(self, node: Node, path: bytes, actual: int) -> None:
+        # st_size is the manifest's size, or the size git's object header
+        # gave for a file the manifest lacks
+        expected = node.st_size
+        if actual != expected:
             reason = f"the manifest says {expected} bytes, the blob has {actual}"
-            self._log_once(node.path, reason)
+            self._log_once(path, reason)
             raise EntryError(reason)
 
-    def _content(self, node: Node) -> bytes:
+    def _content(self, node: Node, path: bytes) -> bytes:
         try:
             data = self._read(node.oid, go.OBJ_BLOB, "content")
         except CorruptObjectError as err:
-            self._log_once(node.path, str(err))
+            self._log_once(path, str(err))
             raise EntryError(str(err)) from None
-        self._check_size(node, len(data))
+        self._check_size(node, path, len(data))
         return data
 
     def statfs(self) -> dict:
         # The commit never changes: add the sizes up once, not at every df.
         if self._statfs is None:
-            files = len(self.manifest.entries)
-            total = sum(e.size or 0 for e in self.manifest.entries.values())
+            files = len(self.manifest)
+            total = self.manifest.total_size()
             self._statfs = {
                 "f_bsize": 4096, "f_frsize": 4096,
                 "f_blocks": (total + 4095) // 4096, "f_bfree": 0, "f_bavail": 0,
@@ -439,9 +519,10 @@ class RootView:
         node = self.lookup(path)
         yield path, node
         if node.kind == mf.KIND_DIR:
-            for _name, kid in sorted(self.children(node).items()):
+            prefix = b"" if path == b"." else path + b"/"
+            for name, kid in sorted(self.children(node).items()):
                 if kid.error is None:
-                    yield from self.walk(kid.path)
+                    yield from self.walk(prefix + name)
 
 
 def _device_number(rdev: Tuple[int, int]) -> int:

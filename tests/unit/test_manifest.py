@@ -134,3 +134,73 @@ def test_structure_errors():
         data = mf.HEADER + b"\n" + b"\n".join(lines) + b"\n"
         with pytest.raises(ManifestError, match=reason):
             mf.parse_manifest(data, strict=True)
+
+
+def _manifest(*lines: bytes) -> bytes:
+    return mf.HEADER + b"\n" + b"\n".join(lines) + b"\n"
+
+
+ROOT_LINE = b".\td\t755\t0\t0\t1.000000000\t-"
+
+
+def test_index_parses_a_directory_only_when_it_is_listed():
+    data = _manifest(ROOT_LINE,
+                     b"a\td\t755\t0\t0\t1.000000000\t-",
+                     b"a/bad\tf\t999\t0\t0\t1.000000000\t1",
+                     b"a/good\tf\t644\t0\t0\t1.000000000\t1",
+                     b"b\td\t755\t0\t0\t1.000000000\t-")
+    reported = []
+    index = mf.ManifestIndex(data, on_reject=lambda n, why: reported.append((n, why)))
+    assert reported == []                       # line 4 not read yet
+    names = [(name, type(verdict).__name__, ino) for name, verdict, ino in index.listing(b".")]
+    assert names == [(b"a", "Entry", 2), (b"b", "Entry", 5)]
+    assert reported == []
+    listed = {name: verdict for name, verdict, _ in index.listing(b"a")}
+    assert reported == [(4, "mode is not octal")]
+    assert listed[b"bad"] == "manifest line 4: mode is not octal"
+    assert listed[b"good"].size == 1
+    index.listing(b"a")
+    assert len(reported) == 1                   # once per line
+
+
+def test_index_counts_hardlinks_across_directories_and_subdirectories():
+    data = _manifest(ROOT_LINE,
+                     b"a\td\t755\t0\t0\t1.000000000\t-",
+                     b"a/f\tf\t644\t0\t0\t1.000000000\t1",
+                     b"a/s\td\t755\t0\t0\t1.000000000\t-",
+                     b"b\td\t755\t0\t0\t1.000000000\t-",
+                     b"b/g\tf\t644\t0\t0\t1.000000000\t1\thardlink=a/f",
+                     b"b/h\tf\t600\t0\t0\t1.000000000\t1\thardlink=a/f")
+    index = mf.ManifestIndex(data)
+    listed = {name: (verdict, ino) for name, verdict, ino in index.listing(b"b")}
+    assert listed[b"g"][1] == 3                 # a/f's inode (line 4)
+    assert "differs" in listed[b"h"][0]
+    assert index.nlink(3) == 2                  # a/f and b/g, not b/h
+    assert index.subdirs(b".") == 2 and index.subdirs(b"a") == 1
+    assert index.subdirs(b"b") == 0
+
+
+def test_inode_is_the_line_number_minus_one_even_after_a_rejected_line():
+    data = _manifest(ROOT_LINE,
+                     b"b\tf\t644\t0\t0\t1.000000000\t1",
+                     b"a\tf\t644\t0\t0\t1.000000000\t1",      # out of order
+                     b"c\tf\t644\t0\t0\t1.000000000\t1")
+    man = mf.parse_manifest(data)
+    assert man.inode == {b".": 1, b"b": 2, b"c": 4}
+    assert man.rejected == [(4, "entries out of order or repeated")]
+
+
+def test_a_deep_tree_costs_no_deep_recursion():
+    depth = 1200                    # beyond Python's default recursion limit (1000)
+    lines = [ROOT_LINE]
+    path = b""
+    for _ in range(depth):
+        path = path + b"/d" if path else b"d"
+        lines.append(path + b"\td\t755\t0\t0\t1.000000000\t-")
+    lines.append(path + b"/leaf\tf\t644\t0\t0\t1.000000000\t1")
+    data = _manifest(*lines)
+    index = mf.ManifestIndex(data)
+    assert index.directory(path).kind == "d"          # every ancestor checked, no recursion
+    assert [name for name, _, _ in index.listing(path)] == [b"leaf"]
+    man = mf.parse_manifest(data, strict=True)
+    assert len(man) == depth + 2
