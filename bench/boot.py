@@ -8,7 +8,8 @@ Usage (as root; see docs/performance.md)::
 
 Both machines boot the same kernel through GRUB from a disk image under
 QEMU (TCG, -smp 2, 1 GiB, no network), with the image of
-tests/system/systemd_image.py (Debian 12 with systemd):
+tests/system/systemd_image.py (Debian with systemd; ``--release``, default
+bookworm, the release docs/performance.md's figures were measured on):
 
 * ``gitroot``: the medium of a device at release v1 (GRUB's entry names the
   commit; the initramfs made by gitroot's hook mounts it through FUSE under
@@ -100,11 +101,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--boots", type=int, default=3, help="boots of each kind (default 3)")
     parser.add_argument("--json", default="", help="where to write the results")
+    parser.add_argument("--release", choices=sorted(image.PACKAGES), default="bookworm",
+                        help="the Debian release of the image (default bookworm)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/boot.py: run as root (debootstrap, chroot, mkfs, FUSE)")
 
-    info = image.build()
+    info = image.build(args.release, "grub")
     work = tempfile.mkdtemp(prefix="gitroot-bench-boot-", dir="/var/tmp")
     try:
         ext4 = ext4_disk(info, work)

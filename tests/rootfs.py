@@ -12,6 +12,7 @@ debootstrap picks the release's default mirror itself; set
 """
 
 import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
@@ -44,6 +45,10 @@ def debian_minbase(suite: Optional[str] = None, include: str = "") -> str:
     base = cache_dir()
     os.makedirs(base, exist_ok=True)
     name = f"{suite}-minbase" + (f"+{include.replace(',', '+')}" if include else "")
+    if len(name) > 240:
+        # a long package list: a digest of it (a file name, with
+        # ".building" or ".lock" after it, has 255 bytes at most)
+        name = f"{suite}-minbase+{hashlib.sha256(include.encode()).hexdigest()[:16]}"
     target = os.path.join(base, name)
     with open(os.path.join(base, name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -17,6 +17,11 @@ the QEMU boot tests use:
 - ``/etc/gitroot/gitroot.yml`` (unless the image has one) naming the medium
   where the initramfs leaves it, the key locations of docs/signing.md and the
   boot loader;
+- with systemd-boot, a mount unit for the EFI system partition at
+  ``boot_dir`` (``/boot/efi``), and, with ``--esp DIR``, the ESP's own
+  files laid out in DIR: the image's systemd-boot as the removable-media
+  loader ``EFI/BOOT/BOOTX64.EFI`` and ``loader/loader.conf`` (the medium
+  recipe then writes the releases' kernels and entries beside them);
 - a check that the image holds the Debian packages gitroot runs with
   (:data:`RUNTIME_PACKAGES`): a missing one is named before the image ships.
 
@@ -61,6 +66,45 @@ RUNTIME_PACKAGES: Tuple[Tuple[str, str], ...] = (
     ("ca-certificates", "etc/ssl/certs/ca-certificates.crt"),
     ("e2fsprogs", "usr/sbin/e2fsck"),
 )
+#: what a systemd-boot image needs besides: the loader's EFI binary, and
+#: systemd-bless-boot, which blesses a counted entry at boot-complete.target
+SYSTEMD_BOOT_PACKAGES: Tuple[Tuple[str, str], ...] = (
+    ("systemd-boot-efi", "usr/lib/systemd/boot/efi/systemd-bootx64.efi"),
+    ("systemd-boot", "usr/lib/systemd/systemd-bless-boot"),
+)
+SYSTEMD_BOOT_EFI = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+# UEFI's removable-media path: firmware with an empty boot order (a new
+# device, a fresh OVMF variable store) starts it without any NVRAM entry
+ESP_LOADER_PATHS = ("EFI/BOOT/BOOTX64.EFI", "EFI/systemd/systemd-bootx64.efi")
+LOADER_CONF = """\
+# systemd-boot's settings, written by gitroot install-image.  No menu and no
+# "default": the loader boots the first entry in sort-key order (gitroot's
+# trial, last good, booted, previous good), and an entry whose tries are
+# used up sorts last, so it falls back by itself (docs/boot.md).
+timeout 0
+editor no
+"""
+ESP_MOUNT_UNIT = """\
+# Installed by gitroot install-image: the EFI system partition, where
+# systemd-boot reads the releases' kernels and gitroot's entries.  gitroot
+# writes them here; systemd-bless-boot blesses the trial's entry here.
+[Unit]
+Description=gitroot: the EFI system partition
+Documentation=file:///usr/share/doc/gitroot/boot.md
+Before=local-fs.target
+
+[Mount]
+What={what}
+Where={where}
+Type=vfat
+Options=umask=0077,noatime
+
+[Install]
+WantedBy=local-fs.target
+"""
+# fstab's device names and the udev links that name the same device
+_DEVICE_LINKS = {"LABEL": "by-label", "UUID": "by-uuid", "PARTUUID": "by-partuuid",
+                 "PARTLABEL": "by-partlabel"}
 
 # Mount points the FUSE daemon keeps busy until power-off (it is spared by
 # systemd's shutdown, see docs/boot.md): without DefaultDependencies=no,
@@ -129,6 +173,10 @@ class ImageSettings:
     remotes: Tuple[str, ...] = ()
     update_initramfs: bool = False
     check_packages: bool = True
+    #: systemd-boot: the ESP, as /dev/... or LABEL=, UUID=, PARTUUID=, PARTLABEL=
+    esp_device: str = "PARTLABEL=esp"
+    #: systemd-boot: a directory to lay the ESP's own files out in
+    esp_dir: Optional[str] = None
 
 
 def data_dir() -> str:
@@ -146,9 +194,10 @@ def data_dir() -> str:
                        "source checkout, or pip install it with its data files)")
 
 
-def missing_packages(root: str) -> List[str]:
+def missing_packages(root: str, bootloader: str = "none") -> List[str]:
     import glob
-    return [package for package, path in RUNTIME_PACKAGES
+    wanted = RUNTIME_PACKAGES + (SYSTEMD_BOOT_PACKAGES if bootloader == "systemd-boot" else ())
+    return [package for package, path in wanted
             if not glob.glob(os.path.join(root, path))]
 
 
@@ -158,11 +207,15 @@ def install_image(settings: ImageSettings) -> List[str]:
     if not os.path.isdir(os.path.join(root, "etc")) or \
             not os.path.isdir(os.path.join(root, "usr")):
         raise UsageError(f"{root} does not look like a root filesystem tree (no etc/, usr/)")
+    if settings.esp_dir and settings.bootloader != "systemd-boot":
+        raise UsageError("--esp lays out systemd-boot's ESP: it needs --bootloader systemd-boot")
     if settings.check_packages:
-        missing = missing_packages(root)
+        missing = missing_packages(root, settings.bootloader)
         if missing:
             raise UsageError(f"{root} lacks packages gitroot needs: {' '.join(missing)} "
                              f"(apt-get install {' '.join(missing)} in the image)")
+    # checked before anything is written: nothing half-installed
+    esp_unit = _esp_mount_unit(settings) if settings.bootloader == "systemd-boot" else None
     data = data_dir()
     done = []
     done.append(_install_package(root))
@@ -170,6 +223,10 @@ def install_image(settings: ImageSettings) -> List[str]:
     done += _install_boot_path(root, data)
     done += _install_units(root, data)
     done.append(_install_config(root, settings))
+    if esp_unit is not None:
+        done.append(_install_esp_mount(root, *esp_unit))
+        if settings.esp_dir:
+            done.append(install_esp(root, settings.esp_dir))
     if settings.update_initramfs:
         done.append(_update_initramfs(root))
     return done
@@ -247,8 +304,7 @@ def _install_config(root: str, settings: ImageSettings) -> str:
     path = os.path.join(root, "etc/gitroot/gitroot.yml")
     if os.path.exists(path):
         return "kept the image's /etc/gitroot/gitroot.yml"
-    boot_dir = settings.boot_dir or ("/run/gitroot/medium/boot"
-                                     if settings.bootloader != "systemd-boot" else "/boot/efi")
+    boot_dir = _boot_dir(settings)
     import json
     text = DEFAULT_CONFIG.format(boot_dir=boot_dir, loader=settings.bootloader,
                                  cmdline=settings.cmdline.replace('"', '\\"'),
@@ -259,6 +315,66 @@ def _install_config(root: str, settings: ImageSettings) -> str:
     with open(path, "w") as f:
         f.write(text)
     return "wrote /etc/gitroot/gitroot.yml"
+
+
+def _boot_dir(settings: ImageSettings) -> str:
+    return settings.boot_dir or ("/run/gitroot/medium/boot"
+                                 if settings.bootloader != "systemd-boot" else "/boot/efi")
+
+
+def esp_device_path(spec: str) -> str:
+    """The device node a mount unit names for *spec* (fstab's ``LABEL=esp``
+    or a ``/dev`` path): udev's link, so systemd waits for the device."""
+    if spec.startswith("/dev/"):
+        return spec
+    kind, sep, value = spec.partition("=")
+    if not sep or kind not in _DEVICE_LINKS or not value or \
+            not all(c.isalnum() or c in "._-" for c in value):
+        raise UsageError(f"ESP device {spec!r}: give /dev/NAME, or LABEL=, UUID=, PARTUUID= or "
+                         "PARTLABEL= with letters, digits and . _ -")
+    return f"/dev/disk/{_DEVICE_LINKS[kind]}/{value}"
+
+
+def _esp_mount_unit(settings: ImageSettings) -> Tuple[str, str]:
+    """(unit name, its text) of the ESP's mount unit at the boot directory."""
+    where = _boot_dir(settings)
+    parts = where.strip("/").split("/")
+    if not where.startswith("/") or not all(p and all(c.isalnum() or c in "_." for c in p)
+                                            for p in parts):
+        raise UsageError(f"boot directory {where!r}: systemd-boot's ESP needs a plain absolute "
+                         "path (letters, digits, _ . between slashes)")
+    unit = "-".join(parts) + ".mount"        # systemd's name for the mount point
+    what = esp_device_path(settings.esp_device)
+    return unit, ESP_MOUNT_UNIT.format(what=what, where=where)
+
+
+def _install_esp_mount(root: str, unit: str, text: str) -> str:
+    with open(os.path.join(root, UNIT_DIR, unit), "w") as f:
+        f.write(text)
+    wants = os.path.join(root, "etc/systemd/system/local-fs.target.wants")
+    os.makedirs(wants, exist_ok=True)
+    link = os.path.join(wants, unit)
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(f"/{UNIT_DIR}/{unit}", link)
+    return f"installed and enabled {unit} (the EFI system partition)"
+
+
+def install_esp(root: str, esp: str) -> str:
+    """Lay out the ESP's own files in *esp* (see the module docstring)."""
+    binary = os.path.join(root, SYSTEMD_BOOT_EFI)
+    if not os.path.isfile(binary):
+        raise UsageError(f"{root} has no /{SYSTEMD_BOOT_EFI} (apt-get install systemd-boot-efi "
+                         "in the image)")
+    for name in ESP_LOADER_PATHS:
+        target = os.path.join(esp, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(binary, target)
+    os.makedirs(os.path.join(esp, "loader", "entries"), exist_ok=True)
+    with open(os.path.join(esp, "loader", "loader.conf"), "w") as f:
+        f.write(LOADER_CONF)
+    return (f"laid out the ESP in {esp}: systemd-boot as /{ESP_LOADER_PATHS[0]}, "
+            "/loader/loader.conf")
 
 
 def _update_initramfs(root: str) -> str:

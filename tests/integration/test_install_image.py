@@ -86,3 +86,47 @@ def test_the_installed_command_runs(root):
     proc = subprocess.run([sys.executable, str(root / "usr/bin/gitroot"), "--help"],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and "install-image" in proc.stdout
+
+
+def test_systemd_boot_mounts_the_esp_and_lays_out_its_loader(root, tmp_path):
+    """--bootloader systemd-boot: a mount unit for the ESP at /boot/efi, and
+    --esp DIR: the image's own systemd-boot as the removable-media loader
+    and loader.conf (the tree here has a stand-in for the EFI binary only:
+    install-image copies it and never runs it)."""
+    binary = root / "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+    binary.parent.mkdir(parents=True)
+    binary.write_bytes(b"MZ systemd-boot")
+    esp = tmp_path / "esp"
+    out = gitroot_cmd("install-image", root, "--no-package-check", "--bootloader",
+                      "systemd-boot", "--esp-device", "PARTLABEL=esp", "--esp", esp).stdout
+    assert "boot-efi.mount" in out
+    unit = (root / "usr/lib/systemd/system/boot-efi.mount").read_text()
+    assert "What=/dev/disk/by-partlabel/esp\n" in unit
+    assert "Where=/boot/efi\n" in unit and "Type=vfat\n" in unit
+    assert os.readlink(root / "etc/systemd/system/local-fs.target.wants/boot-efi.mount") == \
+        "/usr/lib/systemd/system/boot-efi.mount"
+    for path in ("EFI/BOOT/BOOTX64.EFI", "EFI/systemd/systemd-bootx64.efi"):
+        assert (esp / path).read_bytes() == b"MZ systemd-boot"
+    assert "timeout 0" in (esp / "loader/loader.conf").read_text()
+    assert (esp / "loader/entries").is_dir()
+    config = load_config(str(root / "etc/gitroot/gitroot.yml"))
+    assert config.boot_dir == "/boot/efi" and config.bootloader.type == "systemd-boot"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bootloader", "systemd-boot", "--esp-device", "LABEL=a b"], "ESP device"),
+    (["--bootloader", "systemd-boot", "--esp-device", "SERIAL=1"], "ESP device"),
+    (["--bootloader", "systemd-boot", "--boot-dir", "/boot/my efi"], "plain absolute path"),
+    (["--bootloader", "grub", "--esp", "/tmp/x"], "needs --bootloader systemd-boot"),
+])
+def test_refuses_a_bad_esp_setting(root, args, message):
+    proc = gitroot_cmd("install-image", root, "--no-package-check", *args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (root / "usr/bin/gitroot").exists()      # nothing half-installed
+
+
+def test_systemd_boot_names_its_packages(root):
+    proc = gitroot_cmd("install-image", root, "--bootloader", "systemd-boot", check=False)
+    assert proc.returncode == 2
+    assert "systemd-boot-efi" in proc.stderr.split() and "systemd-boot" in proc.stderr.split()

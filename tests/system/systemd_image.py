@@ -1,14 +1,19 @@
-"""A Debian systemd image that boots through GRUB from a disk, for QEMU.
+"""A Debian systemd image that boots through a boot loader from a disk, for QEMU.
 
-Shared by tests/system/test_systemd_boot.py and bench/boot.py.  The image is
-built the way docs/boot.md tells a reader to: debootstrap with the packages
-it names, ``gitroot install-image ROOT --bootloader grub --update-initramfs``,
-``gitroot commit``; the medium is made with ``gitroot pin``, ``mark-good``
-and ``pin --release`` (which write GRUB's entries and install the kernel),
-``mkfs.ext4 -d``, and GRUB's own boot code (grub-mkimage, boot.img) on a
-partitioned disk image.  What the test adds to the image is only the
-reporting: a unit that prints what the booted system sees to the serial
-console and powers off.
+Shared by tests/system/test_systemd_boot.py and bench/boot.py.  One image
+per Debian release (:data:`PACKAGES`: trixie, bookworm) and boot loader
+(``grub``: SeaBIOS and GRUB on a DOS-partitioned disk; ``systemd-boot``:
+OVMF and systemd-boot on a GPT disk with an EFI system partition).  The
+image is built the way docs/boot.md tells a reader to: debootstrap with the
+packages it names, ``gitroot install-image ROOT --bootloader LOADER
+--update-initramfs`` (with systemd-boot also ``--esp DIR``, which lays out
+the ESP's loader files), ``gitroot commit``; the medium is made with
+``gitroot pin``, ``mark-good`` and ``pin --release`` (which write the
+loader's entries and install the kernels), ``mkfs.ext4 -d`` (and
+``mkfs.vfat`` + ``mcopy`` for the ESP), with GRUB's own boot code
+(grub-mkimage, boot.img) on the BIOS disk.  What the test adds to the image
+is only the reporting: a unit that prints what the booted system sees to the
+serial console and powers off.
 
 Releases (all signed with an SSH key; the image trusts it):
 
@@ -38,11 +43,20 @@ from tests.conftest import REPO_ROOT, gitroot_cmd
 from tests.rootfs import debian_minbase
 from tests.system.imagecache import build_key, cached_build, remove_tree, run
 
-# docs/boot.md's package list, plus systemd itself and dbus (logind)
-PACKAGES = ("systemd-sysv,udev,dbus,linux-image-amd64,initramfs-tools,python3-pygit2,"
-            "python3-fusepy,python3-cffi-backend,python3-yaml,python3-requests,"
-            "python3-cryptography,fuse,ca-certificates,git,busybox,zstd,e2fsprogs")
-BUILD_FORMAT = "1"
+# docs/boot.md's package list, plus systemd itself and dbus (logind), per
+# Debian release: 13 renamed libfuse2 (64-bit time_t) and its `fuse` is a
+# transitional package for fuse3; trixie's image also carries systemd-boot
+# (its EFI binary and systemd-bless-boot), which the UEFI variant uses.
+_COMMON = ("systemd-sysv,udev,dbus,linux-image-amd64,initramfs-tools,python3-pygit2,"
+           "python3-fusepy,python3-cffi-backend,python3-yaml,python3-requests,"
+           "python3-cryptography")
+PACKAGES = {
+    "trixie": _COMMON + (",fuse3,libfuse2t64,ca-certificates,git,busybox,zstd,e2fsprogs,"
+                         "systemd-boot,systemd-boot-efi"),
+    "bookworm": _COMMON + ",fuse,ca-certificates,git,busybox,zstd,e2fsprogs",
+}
+LOADERS = ("grub", "systemd-boot")
+BUILD_FORMAT = "2"
 MARK = "GITROOT-TEST:"
 # no_timer_check: a host too busy for QEMU's emulated timer makes the kernel
 # panic at start ("IO-APIC + timer doesn't work"), a try lost to the host
@@ -80,7 +94,21 @@ sleep 2
 exec >/dev/ttyS0 2>&1
 say "release $(cat /etc/gitroot-test-release)"
 say "initrd $(cat /run/gitroot-test-initrd 2>/dev/null || echo none)"
-say "cmdline $(cat /proc/cmdline)"
+# (systemd-boot names the initrd with backslashes, which dash's echo reads)
+say "cmdline $(tr '\\' / </proc/cmdline)"
+# systemd-boot's variables (UTF-16 after 4 bytes of attributes), none under
+# GRUB; through cat (tail on the efivarfs file itself printed nothing in the
+# guest), backslashes as slashes, which echo leaves alone
+efivar() {
+    cat "/sys/firmware/efi/efivars/$1-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f" 2>/dev/null \
+        | tail -c +5 | tr -d '\000' | tr '\\' /
+}
+say "loader-entry $(efivar LoaderEntrySelected)"
+say "boot-count-path $(efivar LoaderBootCountPath)"
+say "bless $(systemctl show -p Result --value systemd-bless-boot.service) $(systemctl show -p ActiveState --value systemd-bless-boot.service)"
+say "bless-log $(journalctl -u systemd-bless-boot.service -o cat --no-pager | tr '\n' '|')"
+say "esp-entries $(ls /boot/efi/loader/entries 2>/dev/null | tr '\n' ' ')"
+say "debian $(cat /etc/debian_version) python $(python3 -c 'import sys; print(sys.version.split()[0])') kernel $(uname -r)"
 say "failed $(systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
 say "mark-good $(systemctl show -p Result --value gitroot-mark-good.service) $(systemctl show -p ActiveState --value gitroot-mark-good.service)"
 say "fetch $(systemctl show -p Result --value gitroot-fetch.service)"
@@ -171,11 +199,11 @@ RequiredBy=boot-complete.target
 """
 
 
-def _key() -> str:
-    return build_key((BUILD_FORMAT, PACKAGES, CMDLINE, REPORT, REPORT_UNIT, INITRD_MARK_HOOK,
-                      INITRD_MARK_SCRIPT, HEALTH_UNIT, GRUB_MODULES, TRANSFER_WATCH,
-                      TRANSFER_WATCH_UNIT, inspect.getsource(_build),
-                      inspect.getsource(_release)))
+def _key(release: str, loader: str) -> str:
+    return build_key((BUILD_FORMAT, release, loader, PACKAGES[release], CMDLINE, REPORT,
+                      REPORT_UNIT, INITRD_MARK_HOOK, INITRD_MARK_SCRIPT, HEALTH_UNIT,
+                      GRUB_MODULES, TRANSFER_WATCH, TRANSFER_WATCH_UNIT,
+                      inspect.getsource(_build), inspect.getsource(_release)))
 
 
 def _write(path: str, text: str, mode: int = 0o644) -> None:
@@ -213,11 +241,11 @@ def _commit(root: str, repo: str, message: str, key: Optional[str]) -> str:
     return gitroot_cmd(*args).stdout.strip()
 
 
-def _build(dest: str) -> None:
+def _build(dest: str, release: str, loader: str) -> None:
     from tests.signing_support import public_key, ssh_key
     timings = {}
     started = time.monotonic()
-    base = debian_minbase(include=PACKAGES)
+    base = debian_minbase(release, include=PACKAGES[release])
     timings["debootstrap"] = time.monotonic() - started
     work = dest + ".building"
     remove_tree(work)
@@ -258,8 +286,9 @@ def _build(dest: str) -> None:
            INITRD_MARK_SCRIPT, 0o755)
     _release(root, "v1")
     started = time.monotonic()
-    gitroot_cmd("install-image", root, "--bootloader", "grub", "--cmdline", CMDLINE,
-                "--remote", UPDATES, "--update-initramfs")
+    esp = ["--esp", os.path.join(work, "esp")] if loader == "systemd-boot" else []
+    gitroot_cmd("install-image", root, "--bootloader", loader, "--cmdline", CMDLINE,
+                "--remote", UPDATES, "--update-initramfs", *esp)
     timings["install-image"] = time.monotonic() - started
     with open(os.path.join(root, "etc/gitroot/gitroot.yml"), "a") as f:
         f.write("tries: 2\n")
@@ -310,15 +339,20 @@ def _build(dest: str) -> None:
     # the ext4 copy of v1's root for the benchmark is made from the commit
     # when needed; the root tree itself is not kept
     shutil.rmtree(root)
-    info = {"kernel_version": version, "commits": commits, "timings": timings}
+    info = {"release": release, "loader": loader, "kernel_version": version,
+            "commits": commits, "timings": timings}
     with open(os.path.join(work, "build.json"), "w") as f:
         json.dump(info, f, indent=1)
     os.rename(work, dest)
 
 
-def build() -> dict:
-    """The cached build (see the module docstring)."""
-    return cached_build("systemd", _key(), _build)
+def build(release: str = "trixie", loader: str = "grub") -> dict:
+    """The cached build of *release* booted by *loader* (see the module
+    docstring)."""
+    if release not in PACKAGES or loader not in LOADERS:
+        raise ValueError(f"no image for {release} with {loader}")
+    return cached_build(f"sysimage-{release}-{loader}", _key(release, loader),
+                        lambda dest: _build(dest, release, loader))
 
 
 # -- disks ----------------------------------------------------------------
@@ -344,9 +378,11 @@ def _ensure_commits(info: dict, repo: str, names: List[str]) -> None:
 
 def make_medium(info: dict, where: str, good: List[str], trial: Optional[str] = None,
                 cmdline: str = CMDLINE) -> str:
-    """A GRUB-booted disk image: the releases *good* marked good in order
-    (the last is the last good release), *trial* pinned as the next boot's
-    trial, upgrades not held.  Made with gitroot's own commands."""
+    """A disk image the build's boot loader starts: the releases *good*
+    marked good in order (the last is the last good release), *trial* pinned
+    as the next boot's trial, upgrades not held.  Made with gitroot's own
+    commands; with systemd-boot the kernels and entries go to the ESP."""
+    loader = info.get("loader", "grub")
     staging = os.path.join(where, "medium")
     repo = os.path.join(staging, "gitroot", "repo.git")
     os.makedirs(os.path.dirname(repo))
@@ -354,10 +390,16 @@ def make_medium(info: dict, where: str, good: List[str], trial: Optional[str] = 
     run("cp", "-al", os.path.join(info["dir"], "medium-repo.git"), repo)
     _ensure_commits(info, repo, good + ([trial] if trial else []))
     config = os.path.join(where, "staging.yml")
+    if loader == "systemd-boot":
+        # the ESP's loader files as install-image --esp laid them out
+        boot_dir = os.path.join(where, "esp")
+        run("cp", "-a", os.path.join(info["dir"], "esp"), boot_dir)
+    else:
+        boot_dir = os.path.join(staging, "boot")
     with open(config, "w") as f:
         json.dump({"repository": repo, "state_dir": os.path.join(staging, "gitroot", "state"),
-                   "boot_dir": os.path.join(staging, "boot"),
-                   "bootloader": {"type": "grub", "cmdline": cmdline},
+                   "boot_dir": boot_dir,
+                   "bootloader": {"type": loader, "cmdline": cmdline},
                    "signature_policy": "none"}, f)
     run_dir = os.path.join(where, "run")
     for name in good:
@@ -368,6 +410,8 @@ def make_medium(info: dict, where: str, good: List[str], trial: Optional[str] = 
         _device(staging, config, "pin", info["commits"][trial], "--tries", "2",
                 run_dir=run_dir)
     _device(staging, config, "pin", "--release", run_dir=run_dir)
+    if loader == "systemd-boot":
+        return efi_disk(boot_dir, staging, os.path.join(where, "disk.img"), "gitroot")
     return grub_disk(staging, os.path.join(where, "disk.img"), "gitroot")
 
 
@@ -392,6 +436,46 @@ def grub_disk(staging: str, image: str, label: str) -> str:
     run("dd", f"if={core}", f"of={image}", "bs=512", "seek=1", "conv=notrunc", "status=none")
     os.unlink(core)
     return image
+
+
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+LINUX_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+
+
+def efi_disk(esp: str, staging: str, image: str, label: str) -> str:
+    """A GPT disk image (``sfdisk`` on the file, no loop devices): the EFI
+    system partition (vfat, partition name ``esp``, what install-image's
+    mount unit names) made from *esp* with ``mkfs.vfat`` and ``mcopy``, then
+    the medium (ext4, *label*) made from *staging*."""
+    esp_mb = int(run("du", "-sm", esp).stdout.split()[0]) * 3 // 2 + 64
+    medium_mb = int(run("du", "-sm", staging).stdout.split()[0]) * 5 // 4 + 200
+    with open(image, "wb") as f:
+        f.truncate((1 + esp_mb + medium_mb + 1) << 20)
+    layout = (f"label: gpt\n"
+              f"start=2048, size={esp_mb << 11}, type={ESP_TYPE}, name=esp\n"
+              f"start={(1 + esp_mb) << 11}, size={medium_mb << 11}, type={LINUX_TYPE}, "
+              f"name={label}\n")
+    run("sfdisk", "-q", image, input=layout)
+    part = image + ".esp"
+    run("mkfs.vfat", "-F", "32", "-n", "ESP", "-C", part, str(esp_mb << 10))
+    names = [os.path.join(esp, n) for n in sorted(os.listdir(esp))]
+    run("mcopy", "-s", "-p", "-m", "-i", part, *names, "::/",
+        env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+    run("dd", f"if={part}", f"of={image}", "bs=1M", "seek=1", "conv=notrunc,sparse",
+        "status=none")
+    os.unlink(part)
+    part = image + ".part"
+    run("mkfs.ext4", "-q", "-L", label, "-d", staging, part, f"{medium_mb}M")
+    run("dd", f"if={part}", f"of={image}", "bs=1M", f"seek={1 + esp_mb}",
+        "conv=notrunc,sparse", "status=none")
+    os.unlink(part)
+    return image
+
+
+def medium_offset(disk: str) -> int:
+    """Byte offset of the medium (the last partition) in *disk*."""
+    table = json.loads(run("sfdisk", "--json", disk).stdout)["partitiontable"]
+    return table["partitions"][-1]["start"] * table.get("sectorsize", 512)
 
 
 def _write_mbr(image: str, start: int, sectors: int) -> None:
@@ -461,16 +545,31 @@ class Boot:
         return "\n".join(line for _, line in self.lines[-n:])
 
 
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+
+
+def efi_variables(where: str) -> str:
+    """The device's own writable copy of OVMF's variable store, kept beside
+    its disk across boots (as a machine keeps its NVRAM)."""
+    path = os.path.join(where, "OVMF_VARS.fd")
+    if not os.path.exists(path):
+        shutil.copyfile(OVMF_VARS, path)
+    return path
+
+
 def qemu_boot(disks: List[str], timeout: float = 600, kernel: Optional[str] = None,
               initrd: Optional[str] = None, append: Optional[str] = None,
               kill_after: Optional[str] = None, log_path: Optional[str] = None,
-              slow_disks: Optional[Dict[str, int]] = None, kill_delay: float = 0) -> Boot:
+              slow_disks: Optional[Dict[str, int]] = None, kill_delay: float = 0,
+              efi_vars: Optional[str] = None) -> Boot:
     """Boot once (TCG, no network); QEMU exits when the guest powers off or
     reboots (-no-reboot).  *kill_after*: kill QEMU (SIGKILL) when a serial
     line holds this text, *kill_delay* seconds later (a power cut).  *log_path*: the serial lines,
     written as they come (timestamped), to watch a boot or read it after a
     failure.  *slow_disks*: disk -> bytes per second it is read at (QEMU's
-    I/O throttling), for a transfer that lasts."""
+    I/O throttling), for a transfer that lasts.  *efi_vars*: boot through
+    OVMF (UEFI) with this variable store, not SeaBIOS."""
     import select
     cmd = [QEMU, "-nodefaults", "-display", "none", "-no-reboot", "-m", "1024", "-smp", "2",
            "-accel", "tcg", "-nic", "none", "-serial", "stdio"]
@@ -479,6 +578,9 @@ def qemu_boot(disks: List[str], timeout: float = 600, kernel: Optional[str] = No
         cmd += ["-monitor", f"unix:{os.environ['GITROOT_QEMU_MONITOR']},server,nowait"]
     if kernel:
         cmd += ["-kernel", kernel, "-initrd", initrd, "-append", append]
+    if efi_vars:
+        cmd += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+                "-drive", f"if=pflash,format=raw,file={efi_vars}"]
     for disk in disks:
         limit = (slow_disks or {}).get(disk)
         cmd += ["-drive", f"file={disk},format=raw,if=virtio"

@@ -1,20 +1,25 @@
-"""Real boots: a Debian systemd image through GRUB from a disk, under QEMU.
+"""Real boots: a Debian systemd image through a boot loader from a disk, under QEMU.
 
 The image is built as docs/boot.md says (tests/system/systemd_image.py:
-debootstrap, ``gitroot install-image --bootloader grub``, ``gitroot
+debootstrap, ``gitroot install-image --bootloader LOADER``, ``gitroot
 commit``, a medium made with ``pin``, ``mark-good``, ``pin --release``) and
-booted by SeaBIOS and GRUB from a partitioned disk image, with a second
-disk holding the publisher's repository (the guest has no network).  A unit
-in the image prints what the booted system sees on the serial console and
-powers off; the test reads it.  Each QEMU run is one boot; a reboot of the
-guest ends QEMU (``-no-reboot``) and the test starts the next boot on the
-same disks, as a power-on would.
+booted from a partitioned disk image, with a second disk holding the
+publisher's repository (the guest has no network): by SeaBIOS and GRUB
+(Debian 13 and 12), or by OVMF and systemd-boot from a GPT disk with an
+EFI system partition (Debian 13).  A unit in the image prints what the
+booted system sees on the serial console and powers off; the test reads
+it.  Each QEMU run is one boot; a reboot of the guest ends QEMU
+(``-no-reboot``) and the test starts the next boot on the same disks (and,
+under UEFI, the same variable store), as a power-on would.
 
-Scenarios (issue 14): 1 and 8 (v1 boots to multi-user, nothing failed,
-status right, marked good; poweroff clean) run by default.  2 (boot-time
+Scenarios (issue 14), by default: 1 and 8 (v1 boots to multi-user, nothing
+failed, status right, marked good; poweroff clean) through GRUB on Debian
+13 and on Debian 12, and 1 through systemd-boot (a pinned trial counted by
+the loader, blessed by systemd-bless-boot, marked good).  2 (boot-time
 fetch of signed v2, whose kernel, initrd and root the loader then starts),
-3, 4, 5, 6 and 7 cost one to three more boots each (minutes under TCG) and run
-only with ``GITROOT_BOOT_SCENARIOS=all``.
+3 (through GRUB and through systemd-boot), 4, 5, 6 and 7, on Debian 13,
+cost one to three more boots each (minutes under TCG) and run only with
+``GITROOT_BOOT_SCENARIOS=all``.
 
 The boots exercise the guest's packages, not the host's Python libraries,
 so they run once: under Debian's /usr/bin/python3, not in .ci/test's venv.
@@ -37,24 +42,39 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (debootstrap, chroot, mkfs)"),
     pytest.mark.skipif(shutil.which(image.QEMU) is None,
                        reason=f"{image.QEMU} is not installed (apt-get install qemu-system-x86)"),
-    pytest.mark.skipif(shutil.which("grub-mkimage") is None or
-                       not os.path.exists(os.path.join(image.GRUB_DIR, "boot.img")),
-                       reason="needs GRUB's BIOS images (apt-get install grub-pc-bin)"),
     pytest.mark.skipif(sys.prefix != sys.base_prefix,
                        reason="QEMU boots run once, with Debian's python3 (see the docstring)"),
 ]
 every_scenario = pytest.mark.skipif(not ALL, reason="set GITROOT_BOOT_SCENARIOS=all")
+needs_grub = pytest.mark.skipif(
+    shutil.which("grub-mkimage") is None or
+    not os.path.exists(os.path.join(image.GRUB_DIR, "boot.img")),
+    reason="needs GRUB's BIOS images (apt-get install grub-pc-bin)")
+needs_ovmf = pytest.mark.skipif(
+    not os.path.exists(image.OVMF_CODE) or
+    not all(shutil.which(tool) for tool in ("sfdisk", "mkfs.vfat", "mcopy")),
+    reason="needs OVMF, sfdisk, mkfs.vfat and mcopy (apt-get install ovmf fdisk dosfstools "
+           "mtools)")
 
 
 @pytest.fixture(scope="module")
 def built():
-    return image.build()
+    """Debian 13 through GRUB: every scenario runs on it."""
+    return image.build("trixie", "grub")
 
 
-def boot(disks, **kwargs) -> image.Boot:
+@pytest.fixture(scope="module")
+def built_efi():
+    """Debian 13 through systemd-boot under OVMF."""
+    return image.build("trixie", "systemd-boot")
+
+
+def boot(disks, efi: bool = False, **kwargs) -> image.Boot:
     # the serial console, timestamped, next to the disk (read it after a failure)
     where = os.path.dirname(str(disks[0]))
     n = len([name for name in os.listdir(where) if name.startswith("serial-")])
+    if efi:
+        kwargs["efi_vars"] = image.efi_variables(where)
     result = image.qemu_boot([str(d) for d in disks], timeout=1200,
                              log_path=os.path.join(where, f"serial-{n}.log"), **kwargs)
     print(f"boot took {result.elapsed:.1f} s under TCG")
@@ -70,8 +90,8 @@ def reported(result: image.Boot) -> dict:
 def medium_partition(disk: str, where) -> str:
     """A copy of the medium partition (after QEMU exited; no loop devices)."""
     part = os.path.join(str(where), "medium-check.img")
-    image.run("dd", f"if={disk}", f"of={part}", "bs=1M", "skip=1", "conv=sparse",
-              "status=none")
+    image.run("dd", f"if={disk}", f"of={part}", "bs=1M",
+              f"skip={image.medium_offset(disk) >> 20}", "conv=sparse", "status=none")
     return part
 
 
@@ -103,7 +123,13 @@ def check_booted(built, result, release, reason, kernel_of=None):
     kernel_of = kernel_of or release
     assert got["release"] == release
     assert f"gitroot.commit={built['commits'][kernel_of]}" in got["cmdline"]
-    assert f"/gitroot/{built['commits'][kernel_of]}/vmlinuz" in got["cmdline"]
+    # the loader started the files of that release: GRUB's BOOT_IMAGE=
+    # names the kernel, systemd-boot's initrd= the initrd
+    started = {"grub": "vmlinuz", "systemd-boot": "initrd.img"}[built.get("loader", "grub")]
+    assert f"/gitroot/{built['commits'][kernel_of]}/{started}" in got["cmdline"], got["cmdline"]
+    if built.get("loader") == "systemd-boot":
+        # and the entry systemd-boot says it started (its EFI variable)
+        assert got["loader-entry"].startswith(f"gitroot-{built['commits'][kernel_of]}"), got
     status = result.json("status-json")
     assert status["booted"]["commit"] == commit
     assert status["booted"]["reason"] == reason
@@ -113,13 +139,17 @@ def check_booted(built, result, release, reason, kernel_of=None):
 
 # -- scenarios run by default ------------------------------------------------
 
-def test_v1_boots_to_multi_user_marked_good_and_powers_off_clean(built, tmp_path):
-    """Scenarios 1 and 8."""
+@needs_grub
+@pytest.mark.parametrize("release", ["trixie", "bookworm"])
+def test_v1_boots_to_multi_user_marked_good_and_powers_off_clean(release, tmp_path):
+    """Scenarios 1 and 8, on Debian 13 and 12."""
+    built = image.build(release, "grub")
     disk = image.make_medium(built, str(tmp_path), good=["v1"])
     updates = image.updates_disk(built, str(tmp_path), "v1")
     result = boot([disk, updates])
     got, status = check_booted(built, result, "v1", "last-good")
     v1 = built["commits"]["v1"]
+    assert got["debian"].startswith({"trixie": "13.", "bookworm": "12."}[release]), got["debian"]
     assert got["initrd"] == "v1"
     assert got["failed"] == "", got["failed"]
     assert got["mark-good"] == "success active"
@@ -148,6 +178,7 @@ def test_v1_boots_to_multi_user_marked_good_and_powers_off_clean(built, tmp_path
 
 
 @every_scenario
+@needs_grub
 def test_boot_time_fetch_of_v2_then_the_loader_starts_v2(built, tmp_path):
     """Scenario 2."""
     disk = image.make_medium(built, str(tmp_path), good=["v1"])
@@ -186,6 +217,7 @@ def _fails_then_falls_back(built, tmp_path, trial):
 
 
 @every_scenario
+@needs_grub
 def test_failing_health_check_trial_falls_back_kernel_and_root(built, tmp_path):
     """Scenario 3, a health check unit fails before boot-complete.target."""
     v2, v3 = built["commits"]["v2"], built["commits"]["v3-health"]
@@ -205,6 +237,7 @@ def test_failing_health_check_trial_falls_back_kernel_and_root(built, tmp_path):
 
 
 @every_scenario
+@needs_grub
 def test_trial_without_init_reboots_and_falls_back(built, tmp_path):
     """Scenario 3, a release whose init cannot start: each try ends in a
     reboot (not a shell), then the loader starts v2 again."""
@@ -220,6 +253,7 @@ def test_trial_without_init_reboots_and_falls_back(built, tmp_path):
 
 
 @every_scenario
+@needs_grub
 def test_update_revision_boots_an_exact_commit_once(built, tmp_path):
     """Scenario 4: update-revision= on the entry's command line."""
     v1, v2 = built["commits"]["v1"], built["commits"]["v2"]
@@ -233,6 +267,7 @@ def test_update_revision_boots_an_exact_commit_once(built, tmp_path):
 
 
 @every_scenario
+@needs_grub
 def test_noupgrade_fetches_nothing(built, tmp_path):
     """Scenario 5: the update disk holds no repository, so a fetch that
     tried would fail; with noupgrade it never tries."""
@@ -247,6 +282,7 @@ def test_noupgrade_fetches_nothing(built, tmp_path):
 
 
 @every_scenario
+@needs_grub
 def test_power_cut_during_a_fetch(built, tmp_path):
     """Scenario 6: QEMU is killed (no shutdown) while the boot-time fetch
     brings v2 from an update disk QEMU reads slowly; the medium recovers
@@ -306,6 +342,7 @@ def test_power_cut_during_a_fetch(built, tmp_path):
 
 
 @every_scenario
+@needs_grub
 def test_unsigned_release_is_refused_at_boot(built, tmp_path):
     """Scenario 7."""
     disk = image.make_medium(built, str(tmp_path), good=["v1", "v2"])
@@ -315,3 +352,72 @@ def test_unsigned_release_is_refused_at_boot(built, tmp_path):
     assert "sign" in status["last_fetch"]["message"]
     assert status["trial"] is None
     assert "last fetch:" in got["status-text"] and "refused" in got["status-text"]
+
+
+# -- systemd-boot under OVMF (UEFI) ----------------------------------------
+
+def esp_entries(disk: str) -> set:
+    """The entry files on the disk's ESP after QEMU exited (mtools reads
+    the partition in place, at its 1 MiB offset)."""
+    listing = image.run("mdir", "-b", "-i", f"{disk}@@1M", "::/loader/entries",
+                        env=dict(os.environ, MTOOLS_SKIP_CHECK="1")).stdout
+    return {line.rsplit("/", 1)[-1] for line in listing.split() if line.endswith(".conf")}
+
+
+@needs_ovmf
+def test_systemd_boot_counts_blesses_and_marks_good_a_trial(built_efi, tmp_path):
+    """Scenario 1 through systemd-boot: v2, pinned over the last good v1,
+    is started by the loader from its counted entry (gitroot-V2+2.conf),
+    reaches multi-user with nothing failed, is blessed by
+    systemd-bless-boot at boot-complete.target and marked good by gitroot."""
+    v1, v2 = built_efi["commits"]["v1"], built_efi["commits"]["v2"]
+    disk = image.make_medium(built_efi, str(tmp_path), good=["v1"], trial="v2")
+    assert esp_entries(disk) == {f"gitroot-{v2}+2.conf", f"gitroot-{v1}.conf"}
+    updates = image.updates_disk(built_efi, str(tmp_path), "v2")
+    result = boot([disk, updates], efi=True)
+    got, status = check_booted(built_efi, result, "v2", "trial")
+    assert got["initrd"] == "v2"                 # v2's own initrd, from the ESP
+    # systemd-boot counted the try: it renamed +2 to +1-1 and said so
+    # (LoaderBootCountPath), and systemd-bless-boot blessed that entry
+    assert got["boot-count-path"] == f"/loader/entries/gitroot-{v2}+1-1.conf", got
+    assert "Marked boot as 'good'" in got["bless-log"], got["bless-log"]
+    assert got["failed"] == "", got["failed"]
+    assert got["bless"] == "success active"
+    assert got["mark-good"] == "success active"
+    assert status["last_good"] == v2 and status["previous_good"] == v1
+    assert status["trial"] is None
+    assert status["boot_loader"]["default"] == v2
+    assert status["boot_loader"]["trial"] is None
+    assert "boot loader:   systemd-boot, boots next: " + v2[:12] in got["status-text"]
+    assert set(got["esp-entries"].split()) == {f"gitroot-{v2}.conf", f"gitroot-{v1}.conf"}
+    assert "reboot: Power down" in result.text
+    # what the next power-on finds: blessed entries, a clean medium
+    assert esp_entries(disk) == {f"gitroot-{v2}.conf", f"gitroot-{v1}.conf"}
+    assert medium_is_clean(disk, tmp_path) == "clean"
+
+
+@every_scenario
+@needs_ovmf
+def test_systemd_boot_falls_back_from_a_failing_trial(built_efi, tmp_path):
+    """Scenario 3 through systemd-boot: a trial whose health check fails
+    before boot-complete.target is never blessed; the loader tries it its
+    two tries and then starts v2's entry, kernel and root, by itself."""
+    v1, v2 = built_efi["commits"]["v1"], built_efi["commits"]["v2"]
+    v3 = built_efi["commits"]["v3-health"]
+    disk = image.make_medium(built_efi, str(tmp_path), good=["v1", "v2"], trial="v3-health")
+    updates = image.updates_disk(built_efi, str(tmp_path), "v2")
+    first, second, third = (boot([disk, updates], efi=True) for _ in range(3))
+    for result, counted in ((first, "+1-1"), (second, "+0-2")):
+        got, status = check_booted(built_efi, result, "v3-health", "trial")
+        assert got["boot-count-path"] == f"/loader/entries/gitroot-{v3}{counted}.conf", got
+        assert "gitroot-test-health.service" in got["failed"]
+        assert got["bless"] != "success active"
+        assert got["mark-good"] != "success active"
+    got, status = check_booted(built_efi, third, "v2", "last-good")
+    assert got["initrd"] == "v2"
+    assert got["boot-count-path"] == ""          # v2's entry has no counter
+    assert status["trial"] is None and status["last_good"] == v2
+    assert status["abandoned"]["commit"] == v3
+    assert status["boot_loader"]["default"] == v2
+    # the abandoned trial's entry and files are gone from the ESP
+    assert esp_entries(disk) == {f"gitroot-{v2}.conf", f"gitroot-{v1}.conf"}
