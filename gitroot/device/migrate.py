@@ -39,7 +39,6 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import shutil
 import stat
 import subprocess
@@ -47,12 +46,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
-from gitroot.boot.persist import Layout, path_problem
+from gitroot.boot.persist import MIGRATION_ID, MIGRATIONS_IN_RELEASE, Layout, path_problem
 from gitroot.atomic import write_file as atomic_write
 from gitroot.errors import GitrootError, MigrationError
 
-MIGRATIONS_IN_RELEASE = "usr/lib/gitroot/migrations"
-MIGRATION_ID = re.compile(r"(\d{14})-([a-z0-9][a-z0-9._-]{0,63})")
 MAX_SPEC_BYTES = 64 * 1024
 MAX_SNAPSHOT_PATHS = 16
 DEFAULT_TIMEOUT = 600

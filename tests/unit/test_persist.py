@@ -399,3 +399,57 @@ def test_mount_unit_names_are_systemds(path):
     if path not in expected:
         pytest.skip("systemd-escape is not installed")
     assert persist.mount_unit(path) == expected[path]
+
+
+# -- is there any data migration to run? ---------------------------------------------
+
+M1, M2 = "20250101000000-one", "20250202000000-two"
+
+
+def _migrations_world(tmp_path, carried=(), applied=(), markers=(), odd=None):
+    lower, layout = tmp_path / "lower", Layout(str(tmp_path / "persist"))
+    release_dir = lower / persist.MIGRATIONS_IN_RELEASE
+    for name in carried:
+        (release_dir / name).mkdir(parents=True)
+    for name in applied:
+        os.makedirs(os.path.join(layout.migrations, "applied", name))
+    for name in markers:
+        os.makedirs(os.path.join(layout.migrations, name))
+    if odd == "bad-name":
+        (release_dir / "not-a-migration").mkdir(parents=True)
+    elif odd == "symlink":
+        release_dir.mkdir(parents=True, exist_ok=True)
+        os.symlink("/tmp", release_dir / M2)
+    return layout, str(lower)
+
+
+@pytest.mark.parametrize("carried, applied, markers, odd, none_due", [
+    ((), (), (), None, True),                       # no migrations anywhere
+    ((M1,), (M1,), (), None, True),                 # all applied already
+    ((M1, M2), (M1, M2), (), None, True),
+    ((M1, M2), (M1,), (), None, False),             # one to run up
+    ((M1,), (M1, M2), (), None, False),             # one to revert (a rollback)
+    ((M1,), (M1,), (".applying-" + M2,), None, False),   # a run cut short
+    ((M1,), (M1,), (".reverting-" + M1,), None, False),
+    ((M1,), (M1,), (), "bad-name", False),          # migrate reports it
+    ((M1,), (M1,), (), "symlink", False),
+], ids=["nothing", "applied", "applied-two", "up", "down", "applying", "reverting",
+        "bad-name", "symlink"])
+def test_nothing_to_migrate_only_when_certain(tmp_path, carried, applied, markers, odd,
+                                             none_due):
+    layout, lower = _migrations_world(tmp_path, carried, applied, markers, odd)
+    assert persist.nothing_to_migrate(layout, lower) is none_due
+
+
+def test_boot_persist_leaves_the_flag_only_when_nothing_is_due(tmp_path, monkeypatch):
+    """The flag gitroot-migrate.service's ConditionPathExists=! reads."""
+    from gitroot.cli import boot_persist
+    run = tmp_path / "run"
+    monkeypatch.setenv("GITROOT_RUN_DIR", str(run))
+    flag = run / persist.NOTHING_TO_MIGRATE
+    boot_persist._tell_migrate_service(True)
+    assert flag.exists()
+    boot_persist._tell_migrate_service(False)
+    assert not flag.exists()
+    boot_persist._tell_migrate_service(False)      # no flag to remove: no error
+    assert not flag.exists()

@@ -68,3 +68,10 @@ def test_the_boot_waits_for_neither_fetch_nor_mark_good(name):
     assert "multi-user.target" in settings["WantedBy"]
     assert "multi-user.target" in settings["After"]
     assert settings["Type"] == ["exec"]
+
+
+def test_migrate_service_is_skipped_when_the_boot_path_says_nothing_is_due():
+    from gitroot.boot.persist import NOTHING_TO_MIGRATE
+    with open(os.path.join(REPO_ROOT, "systemd", "gitroot-migrate.service")) as f:
+        lines = [line.strip() for line in f]
+    assert f"ConditionPathExists=!/run/gitroot/{NOTHING_TO_MIGRATE}" in lines
