@@ -36,6 +36,7 @@ from typing import Dict, List, Optional
 
 from gitroot import atomic
 from gitroot.boot.state import State
+from gitroot.device.bootloader.flush import flush_for_loader
 from gitroot.errors import GitrootError
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,11 @@ def sync_boot_loader(repo, state: State, booted: Optional[str], kind: str,
             # the loader has been counting this trial: never hand it back tries
             tries = min(tries, known.tries)
         trial = TrialCounter(state.trial.commit, tries)
+    # the kernels and initrds home before an entry names them, the entries
+    # home before this returns (GRUB reads ext4 without its journal: flush.py)
+    flush_for_loader(boot_dir)
     loader.write(entries, trial)
+    flush_for_loader(boot_dir)
     _remove_others(boot_dir, {e.commit for e in entries})
     return loader.status()
 

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional
 
 from gitroot.device.bootloader import (BootLoader, BootLoaderError, Entry, LoaderStatus,
                                        TrialCounter, write_file)
+from gitroot.device.bootloader.flush import flush_for_loader
 
 ENV_SIZE = 1024
 ENV_HEADER = b"# GRUB Environment Block\n"
@@ -80,6 +81,9 @@ class Grub(BootLoader):
         # from before (power cut) never makes it boot another commit
         write_file(os.path.join(self.grub_dir, "grub.cfg"),
                      grub_cfg(entries, trial).encode())
+        # GRUB reads the medium without its journal: the new grub.cfg must be
+        # home before grubenv names a new trial (see flush.py)
+        flush_for_loader(self.grub_dir)
         env = self.read_env()
         env.pop(VAR_TRIAL, None)
         env.pop(VAR_TRIES, None)
