@@ -193,6 +193,7 @@ VARIANTS = {
     "no-readahead": ({"GITROOT_FUSE": "libfuse3"}, 128),    # the kernel's default
     "no-levers": ({"GITROOT_FUSE": "libfuse3", "GITROOT_FUSE3_OFF": ",".join(LEVERS)}, 128),
     "before": ({}, None),                                    # code from --before
+    "main": ({}, None),                                      # code from --main
     # bench/pyfuse3_prototype.py: the view through pyfuse3 (low-level API);
     # $GITROOT_BENCH_PYFUSE3_PATH may name a directory holding pyfuse3 and
     # trio for an interpreter that lacks them (e.g. links into Debian's)
@@ -488,6 +489,11 @@ def pick_probe(source: str) -> str:
     raise RuntimeError("the source tree has no files")
 
 
+def other_code(args, variant: str) -> str:
+    """Where a variant's gitroot code is: --before, --main, or this checkout."""
+    return {"before": args.before, "main": args.main}.get(variant) or REPO_ROOT
+
+
 def gitroot_systems(args, work: str, repo: str, rev: str, probe: str,
                     variants=None, prefix: str = "") -> dict:
     """One Gitroot per variant (VARIANTS), each with its own mount point."""
@@ -496,7 +502,7 @@ def gitroot_systems(args, work: str, repo: str, rev: str, probe: str,
         name = prefix + variant if prefix else variant
         mountpoint = os.path.join(work, "mnt-" + name)
         os.makedirs(mountpoint)
-        code = args.before if variant == "before" else REPO_ROOT
+        code = other_code(args, variant)
         out[name] = Gitroot(args.python, repo, rev, mountpoint, probe, variant, code)
     return out
 
@@ -796,7 +802,7 @@ def memory_mode(args, work: str) -> dict:
                    text=True).stdout.split()[0]
     out = {"mode": "memory", "python": args.python, "variants": {}}
     for variant in args.variants:
-        code = args.before if variant == "before" else REPO_ROOT
+        code = other_code(args, variant)
         figs = {}
         g = Gitroot(args.python, big_repo, big_rev, os.path.join(work, "mnt-big-" + variant),
                     "big.bin", variant, code)
@@ -897,6 +903,9 @@ def main(argv=None) -> int:
     parser.add_argument("--before", metavar="DIR",
                         help="a checkout of older gitroot code: adds the variant 'before' "
                              "(e.g. git worktree add /tmp/before main)")
+    parser.add_argument("--main", metavar="DIR",
+                        help="a checkout of the main branch: adds the variant 'main' "
+                             "(a branch side by side with main and an older 'before')")
     parser.add_argument("--reps", type=int, default=None,
                         help="repetitions (default: 5, --quick 1, --scale 3)")
     parser.add_argument("--json", help="write results here (default: bench/results/)")
@@ -917,9 +926,15 @@ def main(argv=None) -> int:
         args.before = os.path.abspath(args.before)
         if "before" not in args.variants:
             args.variants.append("before")
+    if args.main:
+        args.main = os.path.abspath(args.main)
+        if "main" not in args.variants:
+            args.variants.append("main")
     unknown = [v for v in args.variants if v not in VARIANTS]
-    if unknown or ("before" in args.variants and not args.before):
-        parser.error(f"unknown variants {unknown} (or 'before' without --before)")
+    if (unknown or ("before" in args.variants and not args.before)
+            or ("main" in args.variants and not args.main)):
+        parser.error(f"unknown variants {unknown} (or 'before' or 'main' without "
+                     "--before or --main)")
     if os.geteuid() != 0:
         parser.error("must run as root (mounts, chroot, drop_caches)")
     work = tempfile.mkdtemp(prefix="gitroot-bench-", dir=args.workdir)

@@ -435,6 +435,11 @@ class ManifestIndex:
         self._scan(lines)
         del lines
         self._dirs: Dict[bytes, Optional[Verdict]] = {}
+        #: line range [lo, hi) of a directory's subtree, packed lo << 32 | hi,
+        #: found by its parent's listing and popped by its own (see listing)
+        self._ranges: Dict[bytes, int] = {}
+        #: listings made ahead by parse_all, popped by listing
+        self._ahead: Dict[bytes, List[Tuple[bytes, Verdict, int]]] = {}
         self._nlink: Optional[Dict[int, int]] = None
         root = self._accept(0)
         if isinstance(root, str):
@@ -555,6 +560,20 @@ class ManifestIndex:
                 hi = mid
         return lo
 
+    def _skip(self, bound: bytes, lo: int, hi: int) -> int:
+        """_search from *lo* by galloping: the subtree a listing skips is
+        usually a few lines, which this finds in ~2 log2(lines) keys where a
+        bisection of the whole directory's range took ~log2(range)."""
+        step = 1
+        while True:
+            probe = lo + step - 1
+            if probe >= hi:
+                return self._search(bound, lo, hi)
+            if self._key(probe) >= bound:
+                return self._search(bound, lo, probe)
+            lo = probe + 1
+            step <<= 1
+
     def _accept(self, i: int, follow: bool = True) -> Verdict:
         """Line *i*'s entry, or why it is rejected (nothing is logged here)."""
         try:
@@ -614,14 +633,21 @@ class ManifestIndex:
         what lies below a name that has no accepted directory line (with
         *every_line*, those lines are rejected here instead), so a hostile
         tree of nested directories cannot make a line cost once per level."""
+        ahead = self._ahead.pop(path, None)
+        if ahead is not None:
+            return ahead
         if path == b".":
             prefix = ROOT_KEY
             lo, hi = 1, len(self._starts)
         else:
             own = path_key(path)
             prefix = own + b"\0"
-            lo = self._search(prefix, 0, len(self._starts))
-            hi = self._search(own + b"\x01", lo, len(self._starts))
+            known = self._ranges.pop(path, None)
+            if known is not None:
+                lo, hi = known >> 32, known & 0xFFFFFFFF
+            else:
+                lo = self._search(prefix, 0, len(self._starts))
+                hi = self._search(own + b"\x01", lo, len(self._starts))
         poisoned = dict(self._poisoned_under.get(path, ()))
         cut = len(prefix)
         out: List[Tuple[bytes, Verdict, int]] = []
@@ -631,7 +657,7 @@ class ManifestIndex:
             child_end = key.find(b"\0", cut)
             direct = child_end < 0
             if not direct and not self._every_line:
-                i = self._search(key[:child_end] + b"\x01", i + 1, hi)
+                i = self._skip(key[:child_end] + b"\x01", i + 1, hi)
                 continue
             verdict: Verdict
             if direct and key[cut:] in poisoned:
@@ -648,12 +674,35 @@ class ManifestIndex:
             if direct:
                 out.append((key[cut:], verdict, self._inode(i, verdict)))
                 if isinstance(verdict, Entry) and verdict.kind == KIND_DIR:
-                    i = self._search(key + b"\x01", i + 1, hi)
+                    # Its subtree is skipped here; its range and verdict are
+                    # kept for its own listing, which comes next in a walk
+                    # (a node exists only once its parent was listed): two
+                    # searches and a parse of its line fewer per directory.
+                    end = self._skip(key + b"\x01", i + 1, hi)
+                    self._ranges[verdict.path] = (i + 1) << 32 | end
+                    self._dirs[verdict.path] = verdict
+                    i = end
                     continue
             i += 1
         for name, why in poisoned.items():
             out.append((name, why, 0))
         return out
+
+    def parse_all(self) -> None:
+        """Make the listing of every directory line now, for :meth:`listing`
+        to hand out (once each): what a small manifest costs at mount
+        instead of in a first walk (see gitroot.serve.vfs.PARSE_AT_MOUNT).
+        Lines below a name without an accepted directory line are left to
+        that name's own listing, as without this."""
+        pending = [b"."]
+        while pending:
+            path = pending.pop()
+            listed = self.listing(path)
+            self._ahead[path] = listed
+            pending.extend(verdict.path for _, verdict, _ in listed
+                           if isinstance(verdict, Entry) and verdict.kind == KIND_DIR)
+        if self._nlink is None:
+            self._nlink = self.hardlink_counts()
 
     def _inode(self, i: int, verdict: Verdict) -> int:
         if isinstance(verdict, Entry) and verdict.hardlink is not None:

@@ -18,9 +18,11 @@ What it guarantees, for a repository that may come from an attacker:
   not match, a rejected line) the entry is an I/O error, never served wrong.
 
 Directories are loaded lazily, the first time a path under them is looked
-up, and so are their manifest lines (``gitroot.git.manifest.ManifestIndex``):
-mounting costs one scan of the manifest, and memory grows with what was
-looked at, in compact nodes.
+up, and so are the manifest lines of a large manifest
+(``gitroot.git.manifest.ManifestIndex``): mounting costs one scan of it,
+and memory grows with what was looked at, in compact nodes.  A small
+manifest (PARSE_AT_MOUNT) is parsed whole at mount, where it costs less
+than in a first walk.
 
 Threading: meant for one thread (the adapter runs FUSE single-threaded).
 Lazy loading only ever adds complete, immutable nodes with single dict
@@ -59,6 +61,15 @@ RECENT_STREAMS = 2
 #: (git itself never stores a delta for a blob over core.bigFileThreshold,
 #: 512 MiB by default)
 MAX_WHOLE = 512 << 20
+#: A manifest of at most this many lines is parsed whole at mount
+#: (ManifestIndex.parse_all), a longer one directory by directory as a
+#: walk first lists them.  Parsed lazily, the 8,350 lines of a Debian
+#: minbase root made the first cold walk 1.31x slower (197 against 150 ms,
+#: docs/performance.md); parsed at mount they cost ~4 us a line on the
+#: benchmark machine, and 12,000 lines (~50 ms) is what the 0.2 s target
+#: for mount to first stat has room for above its 0.14 s floor.  At
+#: 100,000 lines (~0.4 s) only the lazy parse meets the scale target of 0.5 s.
+PARSE_AT_MOUNT = 12_000
 PATH_MAX = 4096      # Linux's longest symlink target
 HIGH_INO = 1 << 62   # inodes of entries the manifest lacks (see _fallback_ino)
 
@@ -193,6 +204,8 @@ class RootView:
         #: one int object per distinct mode, uid and gid (28 bytes an entry each)
         self._shared_ints: Dict[int, int] = {}
         self.manifest = self._load_manifest(root_tree)
+        if len(self.manifest) <= PARSE_AT_MOUNT:
+            self.manifest.parse_all()
         self.root = self._make_node(b".", mf.KIND_DIR, root_tree, self.manifest.root,
                                     self.manifest.lineno(0) - 1)
         self._logged: set = set()

@@ -204,3 +204,44 @@ def test_a_deep_tree_costs_no_deep_recursion():
     assert [name for name, _, _ in index.listing(path)] == [b"leaf"]
     man = mf.parse_manifest(data, strict=True)
     assert len(man) == depth + 2
+
+
+HOSTILE = _manifest(ROOT_LINE,
+                    b"a\td\t755\t0\t0\t1.000000000\t-",
+                    b"a/bad\tf\t999\t0\t0\t1.000000000\t1",          # mode not octal
+                    b"a/f\tf\t644\t0\t0\t1.000000000\t1",
+                    b"a/s\td\t755\t0\t0\t1.000000000\t-",
+                    b"a/s/deep\tf\t644\t0\t0\t1.000000000\t1",
+                    b"a/s/deep2\tl\t777\t0\t0\t1.000000000\t4",
+                    b"a/t\tf\t644\t0\t0\t1.000000000\t1",
+                    b"a/s/late\tf\t644\t0\t0\t1.000000000\t1",      # out of order
+                    b"b\td\t7777777\t0\t0\t1.000000000\t-",          # rejected directory
+                    b"b/under\tf\t644\t0\t0\t1.000000000\t1",        # below it
+                    b"c\td\t755\t0\t0\t1.000000000\t-",
+                    b"c/g\tf\t644\t0\t0\t1.000000000\t1\thardlink=a/f",
+                    b"c/h\tf\t600\t0\t0\t1.000000000\t1\thardlink=a/f",
+                    b"c/x%zz\tf\t644\t0\t0\t1.000000000\t1",         # unreadable path
+                    b"c/y\tf\t644\t0\t0\t1.000000000\t1",
+                    b"d\tf\t644\t0\t0\t1.000000000\t1")
+
+
+@pytest.mark.parametrize("order", [(b".", b"a", b"a/s", b"b", b"c"),       # a walk
+                                   (b"c", b"a/s", b"b", b"a", b".")])      # no parent first
+def test_parse_all_and_kept_ranges_list_what_a_lazy_listing_does(order):
+    """parse_all at mount, and the subtree ranges a parent's listing keeps
+    for its children, change when lines are read, never what they say."""
+    def listings(index, paths):
+        return {path: index.listing(path) for path in paths}
+    lazy_reported, ahead_reported = [], []
+    lazy = mf.ManifestIndex(HOSTILE, on_reject=lambda n, why: lazy_reported.append(n))
+    expected = listings(lazy, order)
+    ahead = mf.ManifestIndex(HOSTILE, on_reject=lambda n, why: ahead_reported.append(n))
+    ahead.parse_all()
+    assert sorted(ahead_reported) == [4, 10, 11, 15, 16]   # b/under: by b's own listing
+    assert listings(ahead, order) == expected
+    assert ahead.listing(b"b") == expected[b"b"]          # handed out once, then made again
+    assert sorted(ahead_reported) == sorted(lazy_reported) == [4, 10, 11, 12, 15, 16]
+    assert ahead.nlink(4) == lazy.nlink(4) == 2
+    assert dict((n, v) for n, v, _ in expected[b"a"])[b"s"].kind == "d"
+    assert [(n, isinstance(v, str)) for n, v, _ in expected[b"a/s"]] == [
+        (b"deep", False), (b"deep2", False), (b"late", True)]   # out of order: an I/O error

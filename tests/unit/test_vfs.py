@@ -9,11 +9,21 @@ import pytest
 from gitroot.git import objects as go
 from gitroot.errors import ManifestError, RepositoryError, SourceError
 from gitroot.publish.importer import import_directory
+from gitroot.serve import vfs
 from gitroot.serve.vfs import EntryError, RootView, open_view
 from tests import craft
 from tests.sample_tree import make_sample_tree, snapshot
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the sample tree needs root (chown, mknod)")
+
+
+@pytest.fixture(autouse=True, params=["parsed at mount", "parsed lazily"])
+def manifest_parse(request, monkeypatch):
+    """Every test under both ways a manifest is read: whole at mount (a
+    small one, as every tree here) and directory by directory (a large one)."""
+    if request.param == "parsed lazily":
+        monkeypatch.setattr(vfs, "PARSE_AT_MOUNT", 0)
+    return request.param
 
 
 @pytest.fixture(scope="module")
