@@ -1,6 +1,7 @@
 """The filesystem view on repositories built in tmp_path: no FUSE here."""
 
 import os
+import shutil
 import stat
 
 import pygit2
@@ -86,7 +87,9 @@ def test_read_ranges(sample):
 
 @needs_root
 def test_second_import_reuses_unchanged_files(sample, tmp_path):
-    src, repo, first = sample
+    src, shared_repo, first = sample
+    repo = str(tmp_path / "repo.git")       # a copy: the module's repository stays as it was
+    shutil.copytree(shared_repo, repo, symlinks=True)
     with open(os.path.join(src, "etc/new-file"), "w") as f:
         f.write("new\n")
     try:
