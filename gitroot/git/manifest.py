@@ -678,6 +678,9 @@ class ManifestIndex:
                     # kept for its own listing, which comes next in a walk
                     # (a node exists only once its parent was listed): two
                     # searches and a parse of its line fewer per directory.
+                    # With the galloping skip, the view's first walk of the
+                    # Debian minbase root (8,350 lines, in-process, no FUSE)
+                    # took 66 ms instead of 103 (docs/performance.md).
                     end = self._skip(key + b"\x01", i + 1, hi)
                     self._ranges[verdict.path] = (i + 1) << 32 | end
                     self._dirs[verdict.path] = verdict
