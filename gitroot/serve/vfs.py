@@ -65,10 +65,13 @@ MAX_WHOLE = 512 << 20
 #: (ManifestIndex.parse_all), a longer one directory by directory as a
 #: walk first lists them.  Parsed lazily, the 8,350 lines of a Debian
 #: minbase root made the first cold walk 1.31x slower (197 against 150 ms,
-#: docs/performance.md); parsed at mount they cost ~4 us a line on the
-#: benchmark machine, and 12,000 lines (~50 ms) is what the 0.2 s target
-#: for mount to first stat has room for above its 0.14 s floor.  At
-#: 100,000 lines (~0.4 s) only the lazy parse meets the scale target of 0.5 s.
+#: docs/performance.md, "Winning back the first cold walk"); parsed at
+#: mount, the view's CPU time for mounting and a first walk is 48 + 27 ms
+#: against 8 + 73 ms lazily (in-process), and the walk through FUSE took
+#: 131 against 169 ms (fastest of 5).  The parse costs ~4.8 us a line, so
+#: 12,000 lines (~56 ms) is what the 0.2 s target for mount to first stat
+#: has room for above the 0.144 s it takes without it; at 100,000 lines
+#: (~0.5 s) only the lazy parse meets the scale target (0.5 s to first stat).
 PARSE_AT_MOUNT = 12_000
 PATH_MAX = 4096      # Linux's longest symlink target
 HIGH_INO = 1 << 62   # inodes of entries the manifest lacks (see _fallback_ino)
