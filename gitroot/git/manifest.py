@@ -387,9 +387,11 @@ class ManifestIndex:
     At mount only what must be known of the whole file is worked out (the
     header, the caps, the order of the paths, the root's entry, how many
     directories each directory holds); a line itself is parsed and checked
-    when :meth:`listing` is asked for its directory, which is what keeps
-    mount time and memory low for 100,000 entries (docs/performance.md,
-    "Scale").  The rules are those of docs/manifest.md, checked lazily:
+    when :meth:`listing` is asked for its directory (or for every
+    directory by :meth:`parse_all`, which the mount calls for a small
+    manifest), which is what keeps mount time and memory low for 100,000
+    entries (docs/performance.md, "Scale").  The rules are those of
+    docs/manifest.md, checked lazily:
 
     - a line whose path cannot be read, that comes before the root, or
       whose path is not after the previous accepted one is rejected by the
@@ -407,8 +409,10 @@ class ManifestIndex:
     has a directory there, unless *every_line* (parse_manifest) asks for
     them in the listing above.
 
-    Memory: the file's bytes, one sort key and one offset per line, and the
-    parsed directory entries that :meth:`directory` has checked.
+    Memory: the file's bytes, one offset per line, the
+    parsed directory entries that :meth:`directory` has checked, the line
+    ranges of directories listed by their parent but not yet themselves,
+    and the listings :meth:`parse_all` made that were not yet handed out.
 
     Threading: listing fills caches with single dict assignments of
     complete values; meant for one thread (the FUSE daemon's).
@@ -680,7 +684,8 @@ class ManifestIndex:
                     # searches and a parse of its line fewer per directory.
                     # With the galloping skip, the view's first walk of the
                     # Debian minbase root (8,350 lines, in-process, no FUSE)
-                    # took 66 ms instead of 103 (docs/performance.md).
+                    # took 73 ms of CPU instead of 106 (docs/performance.md,
+                    # "Winning back the first cold walk").
                     end = self._skip(key + b"\x01", i + 1, hi)
                     self._ranges[verdict.path] = (i + 1) << 32 | end
                     self._dirs[verdict.path] = verdict
