@@ -101,12 +101,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--boots", type=int, default=3, help="boots of each kind (default 3)")
     parser.add_argument("--json", default="", help="where to write the results")
+    parser.add_argument("--log-dir", default="",
+                        help="keep each boot's timestamped serial log here "
+                             "(KIND-N.log: where the time goes)")
     parser.add_argument("--release", choices=sorted(image.PACKAGES), default="bookworm",
                         help="the Debian release of the image (default bookworm)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/boot.py: run as root (debootstrap, chroot, mkfs, FUSE)")
 
+    if args.log_dir:
+        os.makedirs(args.log_dir, exist_ok=True)
     info = image.build(args.release, "grub")
     work = tempfile.mkdtemp(prefix="gitroot-bench-boot-", dir="/var/tmp")
     try:
@@ -123,7 +128,9 @@ def main() -> int:
                 disk = os.path.join(work, f"{kind}.img")
                 image.run("cp", "--sparse=always", medium if kind == "gitroot" else ext4, disk)
                 disks = [disk, updates] if kind == "gitroot" else [disk]
-                result = image.qemu_boot(disks, timeout=900)
+                log_path = (os.path.join(args.log_dir, f"{kind}-{n + 1}.log")
+                            if args.log_dir else None)
+                result = image.qemu_boot(disks, timeout=900, log_path=log_path)
                 figures = measure(result)
                 if figures["multi-user"] is None or figures["login"] is None:
                     print(f"{kind} boot {n + 1} did not finish:\n{result.tail(40)}")
