@@ -126,6 +126,10 @@ def _run_cli_as_nobody(argv, cwd):
 
     import gitroot.cli
     import gitroot.cli.commit  # noqa: F401  (imported here, while root)
+    # and what the verb imports only when it runs (its channel binding,
+    # its signer), which nobody could not import from a checkout in /root
+    import gitroot.signing.channel  # noqa: F401
+    import gitroot.signing.sign  # noqa: F401
 
     out_path, err_path = os.path.join(cwd, "stdout"), os.path.join(cwd, "stderr")
     pid = os.fork()
