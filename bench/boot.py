@@ -5,6 +5,7 @@ Usage (as root; see docs/performance.md)::
 
     /usr/bin/python3 bench/boot.py            # 3 boots of each, alternated
     /usr/bin/python3 bench/boot.py --boots 5
+    /usr/bin/python3 bench/boot.py --boots 2 --log-dir DIR  # and every boot's serial log
 
 Both machines boot the same kernel through GRUB from a disk image under
 QEMU (TCG, -smp 2, 1 GiB, no network), with the image of
@@ -25,7 +26,8 @@ Times are seconds from QEMU's start to a line on the serial console:
 getty's prompt).  The two kinds of boot alternate, so load on the machine
 hits both; the ratio of medians is printed per figure.  Also printed: the
 size of both initrds.  Results go to bench/results/boot-full-TIME.json or
-``--json PATH``.
+``--json PATH``.  ``--log-dir DIR`` keeps each boot's serial lines,
+timestamped (``KIND-N.log``), to see where the time goes between them.
 """
 
 import argparse
