@@ -5,6 +5,7 @@ Usage (as root; see docs/performance.md)::
 
     /usr/bin/python3 bench/boot.py            # 3 boots of each, alternated
     /usr/bin/python3 bench/boot.py --boots 5
+    /usr/bin/python3 bench/boot.py --boots 2 --log-dir DIR  # and every boot's serial log
 
 Both machines boot the same kernel through GRUB from a disk image under
 QEMU (TCG, -smp 2, 1 GiB, no network), with the image of
@@ -25,7 +26,8 @@ Times are seconds from QEMU's start to a line on the serial console:
 getty's prompt).  The two kinds of boot alternate, so load on the machine
 hits both; the ratio of medians is printed per figure.  Also printed: the
 size of both initrds.  Results go to bench/results/boot-full-TIME.json or
-``--json PATH``.
+``--json PATH``.  ``--log-dir DIR`` keeps each boot's serial lines,
+timestamped (``KIND-N.log``), to see where the time goes between them.
 """
 
 import argparse
@@ -101,12 +103,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--boots", type=int, default=3, help="boots of each kind (default 3)")
     parser.add_argument("--json", default="", help="where to write the results")
+    parser.add_argument("--log-dir", default="",
+                        help="keep each boot's timestamped serial log here "
+                             "(KIND-N.log: where the time goes)")
     parser.add_argument("--release", choices=sorted(image.PACKAGES), default="bookworm",
                         help="the Debian release of the image (default bookworm)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/boot.py: run as root (debootstrap, chroot, mkfs, FUSE)")
 
+    if args.log_dir:
+        os.makedirs(args.log_dir, exist_ok=True)
     info = image.build(args.release, "grub")
     work = tempfile.mkdtemp(prefix="gitroot-bench-boot-", dir="/var/tmp")
     try:
@@ -123,7 +130,9 @@ def main() -> int:
                 disk = os.path.join(work, f"{kind}.img")
                 image.run("cp", "--sparse=always", medium if kind == "gitroot" else ext4, disk)
                 disks = [disk, updates] if kind == "gitroot" else [disk]
-                result = image.qemu_boot(disks, timeout=900)
+                log_path = (os.path.join(args.log_dir, f"{kind}-{n + 1}.log")
+                            if args.log_dir else None)
+                result = image.qemu_boot(disks, timeout=900, log_path=log_path)
                 figures = measure(result)
                 if figures["multi-user"] is None or figures["login"] is None:
                     print(f"{kind} boot {n + 1} did not finish:\n{result.tail(40)}")

@@ -55,7 +55,7 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from gitroot.errors import PersistError
 
@@ -391,6 +391,26 @@ def copy_tree(source: str, out: str) -> None:
     _write(out, decisions, {"new": source}, {"new": tree}, MergeResult())
 
 
+#: a file's bytes, in chunks, by its relative path (see write_tree)
+Contents = Callable[[str], Iterable[bytes]]
+
+
+def write_tree(tree: Tree, contents: Contents, out: str) -> None:
+    """*tree* written to *out* (which must not exist) as copy_tree writes a
+    scanned one, for a tree read elsewhere than from a directory (the
+    release's /etc read from the repository: gitroot.serve.export).
+    *contents(path)* yields a file's bytes; a symlink's target is its
+    entry's body.  The tree must keep :func:`scan`'s bounds."""
+    decisions = {path: _Decision(entry, "new") for path, entry in tree.items()}
+    _write(out, decisions, {"new": contents}, {"new": tree}, MergeResult())
+
+
+def check_xattrs(where: str, xattrs: Sequence[Tuple[str, bytes]]) -> None:
+    """MergeError if *xattrs* exceed what one entry may carry."""
+    if sum(len(name) + len(value) for name, value in xattrs) > MAX_XATTR_BYTES:
+        raise MergeError(f"{where}: more than {MAX_XATTR_BYTES} bytes of xattrs")
+
+
 def _path_key(path: str):
     return path.split("/") if path else []
 
@@ -416,7 +436,7 @@ def _write(out: str, decisions: Dict[str, _Decision], roots, trees,
                     writer.mkdir(path)
                 directories.append((path, entry))
             else:
-                writer.put(path, entry, os.path.join(roots[decision.source], path))
+                writer.put(path, entry, _source(roots[decision.source], path))
         names = set(decisions)
         for i, conflict in enumerate(result.conflicts):
             result.conflicts[i] = _write_sides(writer, conflict, decisions, names, roots, trees)
@@ -444,9 +464,20 @@ def _write_sides(writer, conflict: Conflict, decisions, names, roots, trees) -> 
                                   or name in trees.get("base", {})):
             continue        # a directory, or a name the release itself ships: left alone
         writer.remove(name)     # a leftover .rej/.orig of an earlier conflict
-        writer.put(name, entry, os.path.join(roots[side], path))
+        writer.put(name, entry, _source(roots[side], path))
         written[side] = name
     return Conflict(path, conflict.reason, written.get("new"), written.get("base"))
+
+
+#: where a written entry's content comes from: a path to copy, or its chunks
+_Source = Union[str, Callable[[], Iterable[bytes]]]
+
+
+def _source(root, path: str) -> _Source:
+    """*path* of a tree given as a directory, or as a Contents function."""
+    if isinstance(root, str):
+        return os.path.join(root, path)
+    return lambda: root(path)
 
 
 class _Writer:
@@ -493,15 +524,17 @@ class _Writer:
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                 os.unlink(name, dir_fd=fd)
 
-    def put(self, path: str, entry: Entry, source: str) -> None:
-        """Copy one non-directory entry from the path *source*, with *entry*'s metadata."""
+    def put(self, path: str, entry: Entry, source: _Source) -> None:
+        """Write one non-directory entry, with *entry*'s metadata; a file's
+        bytes come from *source* (a symlink's target is the entry's body,
+        read by the scan that made it)."""
         if entry.kind == "file":
             self.file(path, entry, source=source)
             return
         with self._parent(path) as (fd, name):
             try:
                 if entry.kind == "symlink":
-                    os.symlink(os.readlink(source), name, dir_fd=fd)
+                    os.symlink(entry.body, name, dir_fd=fd)
                 else:
                     fmt, rdev = entry.body
                     os.mknod(name, fmt | 0o600, rdev, dir_fd=fd)
@@ -515,7 +548,7 @@ class _Writer:
             except OSError as err:
                 raise self._fail(path, err) from None
 
-    def file(self, path: str, entry: Entry, source: Optional[str] = None,
+    def file(self, path: str, entry: Entry, source: Optional[_Source] = None,
              content: Optional[bytes] = None) -> None:
         with self._parent(path) as (dir_fd, name):
             try:
@@ -526,6 +559,9 @@ class _Writer:
             try:
                 if content is not None:
                     _write_all(fd, content)
+                elif callable(source):
+                    for chunk in source():
+                        _write_all(fd, chunk)
                 else:
                     src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
                     try:

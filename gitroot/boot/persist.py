@@ -41,7 +41,7 @@ import shutil
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from gitroot.boot import etcmerge
 from gitroot.atomic import fsync_dir, write_file as atomic_write
@@ -242,13 +242,21 @@ class Layout:
             return None
 
 
-def prepare_etc(layout: Layout, commit: str, release_etc: str) -> dict:
+#: writes the release's published /etc into a directory it creates
+#: (gitroot boot-persist reads it from the repository: gitroot.serve.export)
+PublishEtc = Callable[[str], None]
+
+
+def prepare_etc(layout: Layout, commit: str, release_etc: str,
+                publish_etc: Optional[PublishEtc] = None) -> dict:
     """The device's /etc for *commit* (built once per release), as merge.json says.
 
     The first boot of a release merges (base: the previously mounted
     release's published /etc, local: the device's /etc under it, new:
     *release_etc*); later boots, and a rollback to a release that already
-    has one, reuse it.
+    has one, reuse it.  *publish_etc* writes the release's /etc to the
+    path it is given, in place of a copy of *release_etc* (the mount):
+    the same entries, read without a trip through FUSE for each.
     """
     target = layout.etc_of(commit)
     os.makedirs(layout.etc, mode=0o700, exist_ok=True)
@@ -259,7 +267,7 @@ def prepare_etc(layout: Layout, commit: str, release_etc: str) -> dict:
         building = os.path.join(layout.etc, f".building-{commit}")
         os.mkdir(building, 0o700)
         try:
-            _build_etc(layout, commit, release_etc, building)
+            _build_etc(layout, commit, release_etc, building, publish_etc)
         except BaseException:
             # a full medium, an unreadable tree: the previous state stays as it was
             shutil.rmtree(building, ignore_errors=True)
@@ -274,9 +282,13 @@ def prepare_etc(layout: Layout, commit: str, release_etc: str) -> dict:
     return record
 
 
-def _build_etc(layout: Layout, commit: str, release_etc: str, building: str) -> None:
+def _build_etc(layout: Layout, commit: str, release_etc: str, building: str,
+               publish_etc: Optional[PublishEtc]) -> None:
     """Copy the published /etc, then merge or copy the device's; merge.json last."""
-    etcmerge.copy_tree(release_etc, os.path.join(building, "release"))
+    if publish_etc is None:
+        etcmerge.copy_tree(release_etc, os.path.join(building, "release"))
+    else:
+        publish_etc(os.path.join(building, "release"))
     previous = layout.current_etc()
     record = {"commit": commit, "from": None, "time": time.time(), "conflicts": [],
               "merged_text": []}
@@ -427,12 +439,12 @@ def nothing_to_migrate(layout: Layout, lower: str) -> bool:
 
 
 def prepare_boot(layout: Layout, commit: str, lower: str, root: str,
-                 kernel_options=None) -> BootPlan:
+                 kernel_options=None, publish_etc: Optional[PublishEtc] = None) -> BootPlan:
     """Everything before the persistent mounts; returns them (see the module docstring).
 
     *lower* is the release as mounted (read-only), *root* the new root (the
     writable overlay).  A problem with one path is a message and that path
-    stays ephemeral; the boot goes on.
+    stays ephemeral; the boot goes on.  *publish_etc*: see prepare_etc.
     """
     plan = BootPlan()
     if apply_factory_reset(layout):
@@ -448,7 +460,7 @@ def prepare_boot(layout: Layout, commit: str, lower: str, root: str,
         record = None
         if _real_directory(lower, "etc") and _real_directory(root, "etc"):
             try:
-                record = prepare_etc(layout, commit, os.path.join(lower, "etc"))
+                record = prepare_etc(layout, commit, os.path.join(lower, "etc"), publish_etc)
             except (GitrootError, OSError) as err:
                 detail = err.strerror if isinstance(err, OSError) else str(err)
                 plan.messages.append(f"/etc cannot be prepared ({detail}); "

@@ -46,7 +46,7 @@ from typing import BinaryIO, List, Optional
 BOOT_VERBS = ("boot-select", "mount", "boot-persist")
 #: what the later requests import, loaded ahead of them (see preload)
 PRELOAD = ("gitroot.cli.boot_select", "gitroot.cli.boot_persist", "gitroot.cli.mount",
-           "gitroot.git.repository", "gitroot.serve.daemon")
+           "gitroot.git.repository", "gitroot.serve.daemon", "gitroot.serve.export")
 EXIT_LINE = "gitroot-helper-exit"
 #: a request longer than this is not the boot script's
 MAX_REQUEST_WORDS = 64

@@ -290,6 +290,28 @@ def binding_version(distribution: str) -> str:
         return "?"
 
 
+def binding_metadata(distribution: str) -> List[str]:
+    """The files importlib.metadata reads *distribution*'s version from
+    (``METADATA`` of a .dist-info, ``PKG-INFO`` of an .egg-info): the
+    initramfs hook copies them beside the binding, or the booted system's
+    status shows its version as "?"."""
+    from importlib import metadata
+    try:
+        dist = metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return []
+    # a PathDistribution's directory (or .egg-info file): the standard
+    # library has no public name for where it read the metadata
+    where = getattr(dist, "_path", None)
+    if where is None:
+        return []
+    where = str(where)
+    if os.path.isfile(where):
+        return [where]
+    return [path for path in (os.path.join(where, name) for name in ("METADATA", "PKG-INFO"))
+            if os.path.isfile(path)]
+
+
 def loaded_library(soname: str) -> str:
     """Where the shared library *soname* was loaded from (ctypes only knows
     the name it was asked for); *soname* itself if it cannot be told."""

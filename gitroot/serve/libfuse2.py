@@ -22,9 +22,14 @@ from gitroot.serve.fusefs import (ENCODING, WRITE_OPS, GitrootFS, binding_versio
 from gitroot.serve.vfs import RootView
 
 
+#: the binding's distribution (its version is read from its metadata)
+DISTRIBUTION = "fusepy"
+
+
 def describe() -> Tuple[str, str]:
     """(binding, library) for the mount's log line and record."""
-    return f"fusepy {binding_version('fusepy')}", loaded_library(fuse._libfuse._name)
+    return (f"{DISTRIBUTION} {binding_version(DISTRIBUTION)}",
+            loaded_library(fuse._libfuse._name))
 
 
 class _FUSE(fuse.FUSE):

@@ -144,10 +144,14 @@ def levers_on() -> frozenset:
                      - _names(LEVERS_OFF_ENV))
 
 
+#: the binding's distribution (its version is read from its metadata)
+DISTRIBUTION = "mfusepy"
+
+
 def describe() -> Tuple[str, str]:
     """(binding, library) for the mount's log line and record."""
     version = f"{mfusepy.fuse_version_major}.{mfusepy.fuse_version_minor}"
-    return (f"mfusepy {binding_version('mfusepy')}, libfuse {version}",
+    return (f"{DISTRIBUTION} {binding_version(DISTRIBUTION)}, libfuse {version}",
             loaded_library(mfusepy._libfuse._name))
 
 

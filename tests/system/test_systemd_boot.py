@@ -158,6 +158,8 @@ def test_v1_boots_to_multi_user_marked_good_and_powers_off_clean(release, tmp_pa
     assert status["last_fetch"]["result"] == "up-to-date"
     assert status["signatures"]["last_good"]["ok"]
     assert status["boot_loader"]["default"] == v1
+    # the binding's metadata reached the initramfs (hooks/gitroot)
+    assert "?" not in status["mount"]["binding"], status["mount"]
     assert status["boot_loader"]["default_role"] == "last-good"
     assert "boot loader:   grub, boots next: " + v1[:12] in got["status-text"]
     # the persistent /var is a unit systemd adopted (the boot script's unit

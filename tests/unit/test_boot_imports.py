@@ -44,7 +44,8 @@ def test_boot_path_imports_nothing_it_must_not(verb):
     if verb == "boot-helper":
         # the helper serves every boot verb: their modules are what it loaded
         assert {"gitroot.cli.boot_select", "gitroot.cli.boot_persist",
-                "gitroot.cli.mount", "gitroot.serve.daemon"} <= set(modules)
+                "gitroot.cli.mount", "gitroot.serve.daemon",
+                "gitroot.serve.export"} <= set(modules)
 
 
 def test_the_probe_would_see_a_forbidden_import():

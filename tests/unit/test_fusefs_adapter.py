@@ -8,6 +8,7 @@ write is EROFS.
 """
 
 import errno
+import os
 
 import pytest
 
@@ -128,3 +129,27 @@ def test_missing_xattr_is_enodata(dispatch):
     fs = fusefs.GitrootFS(FakeView())
     assert fs.getxattr("/f", "user.a") == b"1"
     assert fuse_errno(dispatch, fs, "getxattr", "/f", "user.b") == errno.ENODATA
+
+
+def test_a_binding_s_metadata_alone_tells_its_version(tmp_path):
+    """What the initramfs hook copies of a binding's metadata is enough for
+    its version to show (not "fusepy ?" in a booted device's status)."""
+    import shutil
+    import subprocess
+    import sys
+    backend = fusefs.load_backend()
+    files = fusefs.binding_metadata(backend.module.DISTRIBUTION)
+    assert files, backend.describe()
+    for path in files:
+        # the .dist-info or .egg-info directory, as the hook's copy_file keeps it
+        copy = tmp_path / "site" / os.path.basename(os.path.dirname(path)) / os.path.basename(path)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, copy)
+    # -S: no site-packages, so only the copy can answer
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]);"
+             "from importlib import metadata; print(metadata.version(sys.argv[2]))")
+    version = subprocess.run([sys.executable, "-S", "-c", probe, str(tmp_path / "site"),
+                              backend.module.DISTRIBUTION], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    assert version and version == fusefs.binding_version(backend.module.DISTRIBUTION)
+    assert fusefs.binding_metadata("no-such-distribution-gitroot") == []
