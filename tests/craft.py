@@ -67,3 +67,18 @@ def corrupt_loose_object(repo: pygit2.Repository, oid_raw: bytes, new_content: b
 
 def remove_loose_object(repo: pygit2.Repository, oid_raw: bytes) -> None:
     os.unlink(loose_path(repo, oid_raw))
+
+
+def good_and_corrupt(path: str) -> Tuple[pygit2.Repository, str, bytes, bytes]:
+    """A bare repository at *path* whose commit holds /f (b"hello") and /g,
+    whose loose object no longer hashes to its id.  Returns (repo, commit,
+    f's blob id, g's blob id)."""
+    repo = pygit2.init_repository(path, bare=True)
+    good = blob(repo, b"hello")
+    bad = blob(repo, b"world")
+    root = with_manifest(repo, [(go.MODE_BLOB, b"f", good), (go.MODE_BLOB, b"g", bad)],
+                         manifest(b"f\tf\t644\t0\t0\t1.000000000\t5",
+                                  b"g\tf\t644\t0\t0\t1.000000000\t5"))
+    result = commit(repo, root)
+    corrupt_loose_object(repo, bad, b"WORLD")
+    return repo, result, good, bad

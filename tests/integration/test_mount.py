@@ -172,14 +172,7 @@ def test_libfuse_failure_is_one_clear_line(sample_commit, tmp_path):
 
 
 def test_corrupt_blob_is_eio_through_the_mount_with_a_log_line(tmp_path):
-    repo = pygit2.init_repository(str(tmp_path / "evil.git"), bare=True)
-    good = craft.blob(repo, b"hello")
-    bad = craft.blob(repo, b"world")
-    root = craft.with_manifest(repo, [(go.MODE_BLOB, b"f", good), (go.MODE_BLOB, b"g", bad)],
-                               craft.manifest(b"f\tf\t644\t0\t0\t1.000000000\t5",
-                                              b"g\tf\t644\t0\t0\t1.000000000\t5"))
-    commit = craft.commit(repo, root)
-    craft.corrupt_loose_object(repo, bad, b"WORLD")
+    repo, commit, _good, bad = craft.good_and_corrupt(str(tmp_path / "evil.git"))
     log = str(tmp_path / "daemon.log")
     with Mount(repo.path, commit, tmp_path / "mnt", log_file=log) as m:
         with open(os.path.join(m.mountpoint, "f"), "rb") as f:

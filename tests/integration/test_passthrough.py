@@ -107,14 +107,7 @@ def test_a_tampered_cache_file_is_never_served(passthrough, tmp_path):
 
 
 def test_a_corrupt_blob_is_eio_and_never_cached(passthrough, tmp_path):
-    repo = pygit2.init_repository(str(tmp_path / "evil.git"), bare=True)
-    good = craft.blob(repo, b"hello")
-    bad = craft.blob(repo, b"world")
-    root = craft.with_manifest(repo, [(go.MODE_BLOB, b"f", good), (go.MODE_BLOB, b"g", bad)],
-                               craft.manifest(b"f\tf\t644\t0\t0\t1.000000000\t5",
-                                              b"g\tf\t644\t0\t0\t1.000000000\t5"))
-    commit = craft.commit(repo, root)
-    craft.corrupt_loose_object(repo, bad, b"WORLD")
+    repo, commit, good, _bad = craft.good_and_corrupt(str(tmp_path / "evil.git"))
     with Mount(repo.path, commit, tmp_path / "mnt") as m:
         assert open(os.path.join(m.mountpoint, "f"), "rb").read() == b"hello"
         with pytest.raises(OSError) as info:

@@ -137,6 +137,17 @@ def check_booted(built, result, release, reason, kernel_of=None):
     return got, status
 
 
+def assert_trial_kept(got, status, v1, v2):
+    """The trial v2 booted clean and was marked good over v1, and the loader
+    boots it next without a counter."""
+    assert got["failed"] == "", got["failed"]
+    assert got["mark-good"] == "success active"
+    assert status["last_good"] == v2 and status["previous_good"] == v1
+    assert status["trial"] is None
+    assert status["boot_loader"]["default"] == v2
+    assert status["boot_loader"]["trial"] is None
+
+
 # -- scenarios run by default ------------------------------------------------
 
 @needs_grub
@@ -199,12 +210,7 @@ def test_boot_time_fetch_of_v2_then_the_loader_starts_v2(built, tmp_path):
     result = boot([disk, updates])
     got, status = check_booted(built, result, "v2", "trial")
     assert got["initrd"] == "v2"
-    assert got["failed"] == ""
-    assert got["mark-good"] == "success active"
-    assert status["last_good"] == v2 and status["previous_good"] == v1
-    assert status["trial"] is None
-    assert status["boot_loader"]["default"] == v2
-    assert status["boot_loader"]["trial"] is None
+    assert_trial_kept(got, status, v1, v2)
     assert set(status["boot_loader"]["entries"].values()) == {v1, v2}
 
 
@@ -383,13 +389,8 @@ def test_systemd_boot_counts_blesses_and_marks_good_a_trial(built_efi, tmp_path)
     # (LoaderBootCountPath), and systemd-bless-boot blessed that entry
     assert got["boot-count-path"] == f"/loader/entries/gitroot-{v2}+1-1.conf", got
     assert "Marked boot as 'good'" in got["bless-log"], got["bless-log"]
-    assert got["failed"] == "", got["failed"]
     assert got["bless"] == "success active"
-    assert got["mark-good"] == "success active"
-    assert status["last_good"] == v2 and status["previous_good"] == v1
-    assert status["trial"] is None
-    assert status["boot_loader"]["default"] == v2
-    assert status["boot_loader"]["trial"] is None
+    assert_trial_kept(got, status, v1, v2)
     assert "boot loader:   systemd-boot, boots next: " + v2[:12] in got["status-text"]
     assert set(got["esp-entries"].split()) == {f"gitroot-{v2}.conf", f"gitroot-{v1}.conf"}
     assert "reboot: Power down" in result.text
