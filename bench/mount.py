@@ -190,6 +190,7 @@ VARIANTS = {
     "gitroot": ({}, None),                                  # what the mount picks
     "libfuse3": ({"GITROOT_FUSE": "libfuse3"}, None),
     "libfuse2": ({"GITROOT_FUSE": "libfuse2"}, None),
+    "lowlevel": ({"GITROOT_FUSE": "lowlevel"}, None),
     "no-readahead": ({"GITROOT_FUSE": "libfuse3"}, 128),    # the kernel's default
     "no-levers": ({"GITROOT_FUSE": "libfuse3", "GITROOT_FUSE3_OFF": ",".join(LEVERS)}, 128),
     "before": ({}, None),                                    # code from --before

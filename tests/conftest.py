@@ -61,12 +61,19 @@ def fuse_available():
 
 #: Each FUSE back end the mount can pick, with the Python modules it needs
 #: (gitroot.serve.fusefs.BACKENDS).  Debian's library set has only fusepy;
-#: .venv has both.
-FUSE_BINDINGS = {"libfuse3": ("mfusepy",), "libfuse2": ("fusepy", "fuse")}
+#: .venv has both.  The low-level back end needs no binding, only libfuse 3.
+FUSE_BINDINGS = {"libfuse3": ("mfusepy",), "libfuse2": ("fusepy", "fuse"), "lowlevel": ()}
 
 
 def _has_binding(backend):
     import importlib.util
+    if not FUSE_BINDINGS[backend]:
+        from gitroot.serve.fusefs import find_libfuse3
+        try:
+            find_libfuse3()
+        except ImportError:
+            return False
+        return True
     return any(importlib.util.find_spec(m) for m in FUSE_BINDINGS[backend])
 
 
@@ -75,7 +82,7 @@ def fuse_backend(request, monkeypatch):
     """Run the test once per FUSE back end (GITROOT_FUSE for every mount it
     starts); tests.mounts.Mount checks that the daemon really used it."""
     if not _has_binding(request.param):
-        pytest.skip(f"{request.param}: its binding ({FUSE_BINDINGS[request.param][0]}) "
+        pytest.skip(f"{request.param}: its binding ({FUSE_BINDINGS[request.param] or 'libfuse 3'}) "
                     "is not installed for this interpreter")
     monkeypatch.setenv("GITROOT_FUSE", request.param)
     return request.param

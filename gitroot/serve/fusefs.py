@@ -9,6 +9,9 @@ Two back ends carry these operations to the kernel, chosen at run time by
 
 - ``libfuse3`` (``gitroot.serve.libfuse3``): mfusepy on libfuse 3, with
   readdirplus, a kernel directory cache, cached symlinks and 1 MiB reads;
+- ``lowlevel`` (``gitroot.serve.lowlevel``): libfuse 3's inode-based
+  low-level API through ctypes, no binding: all of the above plus a kernel
+  directory cache with any libfuse 3, and no path per request;
 - ``libfuse2`` (``gitroot.serve.libfuse2``): fusepy on libfuse 2, what
   Debian 12 packages (python3-fusepy, libfuse2): the fallback.
 
@@ -41,9 +44,26 @@ CACHE_SECONDS = 86400
 
 #: The environment variable that picks a back end: ``auto`` (the default:
 #: libfuse 3 when mfusepy and libfuse3 are installed, else libfuse 2),
-#: ``libfuse3`` or ``libfuse2``.
+#: or one of BACKENDS by name.
 BACKEND_ENV = "GITROOT_FUSE"
-BACKENDS = ("libfuse3", "libfuse2")
+BACKENDS = ("libfuse3", "lowlevel", "libfuse2")
+
+#: libfuse 3's sonames, newest first (3.17 in Debian 13 is .so.4).  The
+#: library is named by soname: ctypes.util.find_library runs ldconfig -p,
+#: which an initramfs lacks, and dlopen finds a soname through ld.so.cache.
+LIBFUSE3 = ("libfuse3.so.4", "libfuse3.so.3")
+
+
+def find_libfuse3() -> str:
+    """The soname of the libfuse 3 that loads here; ImportError if none."""
+    import ctypes
+    for soname in LIBFUSE3:
+        try:
+            ctypes.CDLL(soname)
+        except OSError:
+            continue
+        return soname
+    raise ImportError("libfuse 3 is not installed (" + ", ".join(LIBFUSE3) + ")")
 
 
 def _vpath(path: str) -> bytes:
@@ -231,7 +251,7 @@ def mount_options(allow_other: bool, suid: bool = False) -> dict:
 class Backend:
     """One way to reach the kernel: a binding and the libfuse it loaded."""
 
-    name: str           # "libfuse3" or "libfuse2"
+    name: str           # one of BACKENDS
     binding: str        # e.g. "mfusepy 3.1.1"
     library: str        # the shared library the binding loaded
     module: ModuleType  # gitroot.serve.libfuse3 or gitroot.serve.libfuse2
@@ -290,12 +310,15 @@ def binding_version(distribution: str) -> str:
         return "?"
 
 
-def binding_metadata(distribution: str) -> List[str]:
+def binding_metadata(distribution: Optional[str]) -> List[str]:
     """The files importlib.metadata reads *distribution*'s version from
     (``METADATA`` of a .dist-info, ``PKG-INFO`` of an .egg-info): the
     initramfs hook copies them beside the binding, or the booted system's
-    status shows its version as "?"."""
+    status shows its version as "?".  None (a back end without a binding):
+    none."""
     from importlib import metadata
+    if distribution is None:
+        return []
     try:
         dist = metadata.distribution(distribution)
     except metadata.PackageNotFoundError:

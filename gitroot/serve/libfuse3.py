@@ -30,7 +30,7 @@ for the others).  ``GITROOT_FUSE3_OFF=lever,...`` and
 ``GITROOT_FUSE3_ON=lever,...`` turn levers off and on, so bench/mount.py
 can measure each one on its own; they are not meant for devices.
 
-mfusepy is imported with FUSE_LIBRARY_PATH naming libfuse 3 (see LIBFUSE3)
+mfusepy is imported with FUSE_LIBRARY_PATH naming libfuse 3 (fusefs.LIBFUSE3)
 and refused if it still loaded another major version.
 
 Threading: libfuse calls in on its one thread (``nothreads``).
@@ -46,32 +46,14 @@ import struct
 from typing import Callable, Optional, Tuple
 
 from gitroot.serve.fusefs import (ENCODING, GitrootFS, _vpath, binding_version, errno_of,
-                                  fill_stat, loaded_library)
+                                  fill_stat, find_libfuse3, loaded_library)
 from gitroot.git import manifest as mf
 from gitroot.serve.blobcache import BlobCache
 from gitroot.serve.vfs import RootView
 
 
-#: libfuse 3's sonames, newest first (3.17 in Debian 13 is .so.4).  mfusepy
-#: is pointed at one by name (FUSE_LIBRARY_PATH): left alone it loads libfuse
-#: 2 when both are installed, and it would find the library with
-#: find_library, which runs ldconfig -p (absent from an initramfs); dlopen
-#: finds a soname through ld.so.cache.
-LIBFUSE3 = ("libfuse3.so.4", "libfuse3.so.3")
-
-
-def _libfuse3() -> str:
-    for soname in LIBFUSE3:
-        try:
-            ctypes.CDLL(soname)
-        except OSError:
-            continue
-        return soname
-    raise ImportError("libfuse 3 is not installed (" + ", ".join(LIBFUSE3) + ")")
-
-
 def _import_mfusepy():
-    soname = _libfuse3()
+    soname = find_libfuse3()
     previous = os.environ.get("FUSE_LIBRARY_PATH")
     os.environ["FUSE_LIBRARY_PATH"] = soname
     try:

@@ -415,7 +415,11 @@ class RootView:
         return list(self.children(self.lookup(path)))
 
     def readlink(self, path: bytes) -> bytes:
-        node = self.lookup(path)
+        return self.readlink_node(self.lookup(path), path)
+
+    def readlink_node(self, node: Node, path: bytes) -> bytes:
+        """The target of the symlink *node*, found at *path* (which names it
+        in the log)."""
         if node.kind != mf.KIND_SYMLINK:
             raise OSError(22, "not a symlink")   # EINVAL, as readlink(2)
         if node.target is None:
@@ -444,7 +448,13 @@ class RootView:
         larger than STREAM_ABOVE is streamed instead (bounded memory, see
         gitroot.git.blobstream).
         """
-        node = self.lookup(path)
+        return self.read_node(self.lookup(path), path, size, offset)
+
+    def read_node(self, node: Node, path: bytes, size: int, offset: int) -> bytes:
+        """read_file of the node found at *path*: the low-level back end
+        finds nodes by number, not by walking a path."""
+        if node.error is not None:
+            raise EntryError(node.error)
         if node.kind != mf.KIND_FILE:
             raise IsADirectoryError(path) if node.kind == mf.KIND_DIR else OSError(6, "no device")
         stream = self._streams.get(node.oid)
