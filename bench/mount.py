@@ -191,6 +191,10 @@ VARIANTS = {
     "libfuse3": ({"GITROOT_FUSE": "libfuse3"}, None),
     "libfuse2": ({"GITROOT_FUSE": "libfuse2"}, None),
     "lowlevel": ({"GITROOT_FUSE": "lowlevel"}, None),
+    # the low-level back end with opendir answered from Python
+    # (cache_readdir + keep_cache) instead of ENOSYS
+    "lowlevel-opendir": ({"GITROOT_FUSE": "lowlevel", "GITROOT_LOWLEVEL_OFF": "no_opendir"},
+                         None),
     "no-readahead": ({"GITROOT_FUSE": "libfuse3"}, 128),    # the kernel's default
     "no-levers": ({"GITROOT_FUSE": "libfuse3", "GITROOT_FUSE3_OFF": ",".join(LEVERS)}, 128),
     "before": ({}, None),                                    # code from --before

@@ -137,7 +137,6 @@ class Args(ctypes.Structure):
 
 
 # fuse_common.h
-FUSE_CAP_NO_OPEN_SUPPORT = 1 << 17
 FUSE_CAP_CACHE_SYMLINKS = 1 << 23
 
 _req = ctypes.c_void_p
@@ -153,9 +152,8 @@ LISTXATTR = ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_size_t)
 
 #: struct fuse_lowlevel_ops up to readdirplus, in its order (fuse_lowlevel.h
 #: of 3.14 and 3.17 alike); the operations left None are answered by
-#: libfuse: FORGET (nothing to forget), OPEN (ENOSYS, see Session.init),
-#: RELEASE and RELEASEDIR (nothing to release), the writes (ENOSYS; the
-#: mount is read-only, so the kernel refuses them before they get here)
+#: libfuse: FORGET (nothing to forget), RELEASE and RELEASEDIR (nothing to
+#: release), the writes (ENOSYS; the mount is read-only, so the kernel refuses them before they get here)
 OPS = ("init", "destroy", "lookup", "forget", "getattr", "setattr", "readlink", "mknod",
        "mkdir", "unlink", "rmdir", "symlink", "rename", "link", "open", "read", "write",
        "flush", "release", "fsync", "opendir", "readdir", "releasedir", "fsyncdir",
@@ -202,6 +200,9 @@ if not LIBFUSE_VERSION.startswith("3."):
     raise ImportError(f"{_SONAME} is libfuse {LIBFUSE_VERSION}, not libfuse 3")
 
 ROOT_ID = 1     # FUSE_ROOT_ID
+#: Turns this back end's one lever off, for bench/mount.py to measure
+#: (``GITROOT_LOWLEVEL_OFF=no_opendir``); not meant for devices.
+LEVERS_OFF_ENV = "GITROOT_LOWLEVEL_OFF"
 #: the inode number listed for an entry that cannot be served (what
 #: libfuse's high-level API lists for an entry without attributes): glibc's
 #: readdir skips an entry of inode 0, and it must stay listed
@@ -237,6 +238,7 @@ class Session:
         self.on_ready = on_ready
         self.session: Optional[int] = None
         self.initialized = False
+        self.no_opendir = "no_opendir" not in os.environ.get(LEVERS_OFF_ENV, "").split(",")
         # nodeid -> (node, path): the path names it in the view's logs and
         # keys the view's blob cache
         self.nodes: Dict[int, Tuple[Node, bytes]] = {ROOT_ID: (view.root, b".")}
@@ -251,7 +253,7 @@ class Session:
         self.ops = LowlevelOps()
         self._callbacks = []      # kept alive as long as libfuse may call them
         for name, kind in (("init", INIT), ("lookup", LOOKUP), ("getattr", INODE_FI),
-                           ("readlink", INODE), ("read", INODE_READ),
+                           ("readlink", INODE), ("open", INODE_FI), ("read", INODE_READ),
                            ("opendir", INODE_FI), ("readdir", INODE_READ),
                            ("statfs", INODE), ("getxattr", GETXATTR),
                            ("listxattr", LISTXATTR), ("readdirplus", INODE_READ)):
@@ -329,10 +331,7 @@ class Session:
 
     def op_init(self, userdata, conn) -> None:
         info = conn.contents
-        # OPEN is answered ENOSYS by libfuse itself with this, after which
-        # the kernel sends no OPEN or RELEASE for files at all and keeps
-        # their pages cached (fusefs.GitrootFS.open says why)
-        info.want |= info.capable & (FUSE_CAP_NO_OPEN_SUPPORT | FUSE_CAP_CACHE_SYMLINKS)
+        info.want |= info.capable & FUSE_CAP_CACHE_SYMLINKS
         self.initialized = True
         if self.on_ready is not None:
             self.on_ready()
@@ -363,7 +362,28 @@ class Session:
         data = self.view.read_node(node, path, size, offset)
         _reply_buf(req, data, len(data))
 
+    def op_open(self, req, ino: int, fi) -> None:
+        """ENOSYS, once: the kernel then sends no OPEN or RELEASE for files
+        at all and keeps their pages cached (fusefs.GitrootFS.open says
+        why).  Left to libfuse, an OPEN is answered without keep_cache, and
+        every open drops the file's pages (a warm full read of the quick
+        tree: 246 ms against 53 ms)."""
+        _reply_err(req, errno.ENOSYS)
+
     def op_opendir(self, req, ino: int, fi) -> None:
+        """ENOSYS, once (the ``no_opendir`` lever): the kernel then opens
+        directories without asking (no OPENDIR, no RELEASEDIR) and keeps
+        their listings cached as if opendir had answered cache_readdir and
+        keep_cache (Linux >= 5.1, fuse_file_open's default for its
+        no_opendir mode), so a warm walk sends no request at all.  There is
+        no handle to create: listings are found by nodeid.  An unreadable
+        directory then fails at readdir (EIO), not at opendir.
+
+        With the lever off, opendir answers cache_readdir and keep_cache
+        from Python, once per directory opened."""
+        if self.no_opendir:
+            _reply_err(req, errno.ENOSYS)
+            return
         node, _ = self._node(ino)
         if node.kind != mf.KIND_DIR:
             raise NotADirectoryError(ino)
