@@ -4,17 +4,22 @@
 with EROFS; :func:`errno_of` turns view exceptions into errno values, in one
 place.  All filesystem knowledge is in ``gitroot.serve.vfs``.
 
-Two back ends carry these operations to the kernel, chosen at run time by
-:func:`load_backend`:
+Three back ends carry the operations to the kernel, chosen at run time by
+:func:`load_backend`, the first of BACKENDS that loads:
 
-- ``libfuse3`` (``gitroot.serve.libfuse3``): mfusepy on libfuse 3, with
-  readdirplus, a kernel directory cache, cached symlinks and 1 MiB reads;
 - ``lowlevel`` (``gitroot.serve.lowlevel``): libfuse 3's inode-based
-  low-level API through ctypes, no binding: all of the above plus a kernel
-  directory cache with any libfuse 3, and no path per request;
+  low-level API through ctypes, no binding (libfuse 3 alone, as Debian
+  packages it): readdirplus, listings cached by the kernel with any libfuse
+  3 (a warm walk sends no request), cached symlinks, 1 MiB reads, and no
+  path per request.  It has its own operations over the view, by nodeid,
+  and uses :func:`errno_of` and :func:`fill_stat` from here;
+- ``libfuse3`` (``gitroot.serve.libfuse3``): mfusepy on libfuse 3's
+  high-level API, with the same levers where libfuse lets them through, and
+  the FUSE passthrough prototype;
 - ``libfuse2`` (``gitroot.serve.libfuse2``): fusepy on libfuse 2, what
   Debian 12 packages (python3-fusepy, libfuse2): the fallback.
 
+The last two serve :class:`GitrootFS`, by path.
 Paths cross the bindings as ``str``; both are told to use latin-1, which
 maps every byte to one code point and back, so names that are not UTF-8
 survive.
@@ -43,10 +48,9 @@ ENCODING = "latin-1"
 CACHE_SECONDS = 86400
 
 #: The environment variable that picks a back end: ``auto`` (the default:
-#: libfuse 3 when mfusepy and libfuse3 are installed, else libfuse 2),
-#: or one of BACKENDS by name.
+#: the first of BACKENDS that loads) or one of BACKENDS by name.
 BACKEND_ENV = "GITROOT_FUSE"
-BACKENDS = ("libfuse3", "lowlevel", "libfuse2")
+BACKENDS = ("lowlevel", "libfuse3", "libfuse2")
 
 #: libfuse 3's sonames, newest first (3.17 in Debian 13 is .so.4).  The
 #: library is named by soname: ctypes.util.find_library runs ldconfig -p,
