@@ -41,8 +41,15 @@ OBJ_REF_DELTA = 7
 
 #: At most this many inflater copies are kept per blob (about 40 KiB each),
 #: however large the blob: they are spread evenly, at least CHECKPOINT_MIN apart.
+#: A read out of order inflates from the checkpoint before it, so their
+#: distance is what a random read costs: a program's executable is read
+#: where its pages fault.  At 8 MiB apart, the cold start of python3 from
+#: the Debian root spent most of its time re-inflating its 6.6 MB binary
+#: from the start (zlib took 0.67 of the daemon's 0.98 s under cProfile);
+#: 256 KiB apart, a random read inflates at most 256 KiB more than it asks
+#: for (docs/performance.md, "The low-level back end").
 MAX_CHECKPOINTS = 64
-CHECKPOINT_MIN = 8 << 20
+CHECKPOINT_MIN = 256 << 10
 CHUNK = 256 << 10              # compressed bytes read at a time
 
 
