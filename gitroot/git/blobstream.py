@@ -51,6 +51,7 @@ OBJ_REF_DELTA = 7
 MAX_CHECKPOINTS = 64
 CHECKPOINT_MIN = 256 << 10
 CHUNK = 256 << 10              # compressed bytes read at a time
+FEED = 16 << 10                # compressed bytes given the inflater at a time (verify)
 
 
 class BlobStreamError(Exception):
@@ -248,25 +249,37 @@ class StreamedBlob:
         """Inflate the whole stream once: hash it, count it, keep checkpoints."""
         sha = hashlib.sha1(b"blob %d\0" % self.size)
         offset, inflater, pending = self._start()
+        # compressed input: the chunk read last, where it starts in the
+        # file, and how much of it the inflater has consumed
+        chunk = memoryview(pending)
+        chunk_start = offset - len(pending)
+        pos = 0
         out = 0
         next_mark = 0
         with open(self.where.path, "rb") as f:
             f.seek(offset)
             while True:
                 if out >= next_mark and out < self.size:
-                    self._checkpoints[out] = (f.tell() - len(pending), inflater.copy(), b"")
+                    self._checkpoints[out] = (chunk_start + pos, inflater.copy(), b"")
                     self._marks.append(out)
                     next_mark = out + self.step
-                if not pending:
-                    pending = f.read(CHUNK)
-                    if not pending:
+                if pos >= len(chunk):
+                    chunk_start += len(chunk)
+                    chunk = memoryview(f.read(CHUNK))
+                    pos = 0
+                    if not chunk:
                         break
                 want = min(CHUNK, max(next_mark - out, 1)) if out < self.size else CHUNK
+                # At most FEED bytes at a time: an inflater keeps what it
+                # did not consume as a bytes object, and so does each copy
+                # kept as a checkpoint (fed whole chunks, 64 checkpoints
+                # pinned up to 16 MiB of input)
+                feed = chunk[pos:pos + FEED]
                 try:
-                    data = inflater.decompress(pending, want)
+                    data = inflater.decompress(feed, want)
                 except zlib.error as err:
                     raise BlobStreamError(f"corrupt zlib stream: {err}") from None
-                pending = inflater.unconsumed_tail
+                pos += len(feed) - len(inflater.unconsumed_tail)
                 out += len(data)
                 sha.update(data)
                 if inflater.eof:
