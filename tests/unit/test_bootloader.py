@@ -197,6 +197,27 @@ def test_sync_installs_kept_releases_and_writes_their_entries(tmp_path, releases
     assert sorted(os.listdir(os.path.join(boot, "gitroot"))) == sorted([r1, r2])
 
 
+def test_sync_flushes_before_the_entries_only_what_it_installed(tmp_path, releases,
+                                                                 monkeypatch):
+    """The medium is flushed after new kernels and initrds (before an entry
+    names them) and after the entries; a sync that installs nothing, as the
+    mark-good of every boot, flushes once."""
+    import gitroot.device.bootloader as bootloader
+    flushed = []
+    monkeypatch.setattr(bootloader, "flush_for_loader", lambda d: flushed.append(d))
+    repo, (r0, r1, r2) = releases
+    boot = str(tmp_path / "boot")
+    sync_boot_loader(repo, State(last_good=r1, previous_good=r0), r1, "systemd-boot", boot, "")
+    assert flushed == [boot, boot]
+    flushed.clear()
+    sync_boot_loader(repo, State(last_good=r1, previous_good=r0), r1, "systemd-boot", boot, "")
+    assert flushed == [boot]
+    flushed.clear()
+    sync_boot_loader(repo, State(last_good=r1, previous_good=r0, trial=trial(r2, 3)), r1,
+                     "systemd-boot", boot, "")
+    assert flushed == [boot, boot]
+
+
 def test_sync_never_hands_the_loader_back_tries(tmp_path, releases):
     repo, (r0, r1, r2) = releases
     boot = str(tmp_path / "boot")

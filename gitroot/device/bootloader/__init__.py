@@ -121,6 +121,12 @@ def release_dir(boot_dir: str, commit: str) -> str:
     return os.path.join(boot_dir, RELEASES_DIR, commit)
 
 
+def is_installed(boot_dir: str, commit: str) -> bool:
+    """Are *commit*'s kernel and initrd in BOOT_DIR/gitroot/<commit>/?"""
+    target = release_dir(boot_dir, commit)
+    return all(os.path.isfile(os.path.join(target, name)) for name in (KERNEL, INITRD))
+
+
 def install_release(repo, commit: str, boot_dir: str) -> bool:
     """Copy *commit*'s kernel and initrd into BOOT_DIR/gitroot/<commit>/.
 
@@ -130,10 +136,9 @@ def install_release(repo, commit: str, boot_dir: str) -> bool:
     (:mod:`gitroot.device.initrd`).  Returns False when the release has no
     kernel in its /boot, or one past gitroot's bounds.
     """
-    target = release_dir(boot_dir, commit)
-    wanted = (os.path.join(target, KERNEL), os.path.join(target, INITRD))
-    if all(os.path.isfile(path) for path in wanted):
+    if is_installed(boot_dir, commit):
         return True
+    target = release_dir(boot_dir, commit)
     from gitroot.device.bootfiles import _release_boot_files
     from gitroot.device.initrd import InitrdError
     try:
@@ -181,8 +186,11 @@ def sync_boot_loader(repo, state: State, booted: Optional[str], kind: str,
     if loader is None:
         return None
     entries = []
+    wrote = False           # a kernel or initrd written here
     for role, commit in _roles(state, booted):
+        present = is_installed(boot_dir, commit)
         if install_release(repo, commit, boot_dir):
+            wrote = wrote or not present
             has_initrd = os.path.isfile(os.path.join(release_dir(boot_dir, commit), INITRD))
             entries.append(Entry(commit, role, f"{RELEASES_DIR}/{commit}/{KERNEL}",
                                  f"{RELEASES_DIR}/{commit}/{INITRD}" if has_initrd else None,
@@ -201,8 +209,10 @@ def sync_boot_loader(repo, state: State, booted: Optional[str], kind: str,
             tries = min(tries, known.tries)
         trial = TrialCounter(state.trial.commit, tries)
     # the kernels and initrds home before an entry names them, the entries
-    # home before this returns (GRUB reads ext4 without its journal: flush.py)
-    flush_for_loader(boot_dir)
+    # home before this returns (GRUB reads ext4 without its journal: flush.py);
+    # a mark-good at every boot installs nothing and pays no first flush
+    if wrote:
+        flush_for_loader(boot_dir)
     loader.write(entries, trial)
     flush_for_loader(boot_dir)
     _remove_others(boot_dir, {e.commit for e in entries})
