@@ -20,6 +20,7 @@ Three back ends carry the operations to the kernel, chosen at run time by
   Debian 12 packages (python3-fusepy, libfuse2): the fallback.
 
 The last two serve :class:`GitrootFS`, by path.
+
 Paths cross the bindings as ``str``; both are told to use latin-1, which
 maps every byte to one code point and back, so names that are not UTF-8
 survive.
@@ -258,7 +259,7 @@ class Backend:
     name: str           # one of BACKENDS
     binding: str        # e.g. "mfusepy 3.1.1"
     library: str        # the shared library the binding loaded
-    module: ModuleType  # gitroot.serve.libfuse3 or gitroot.serve.libfuse2
+    module: ModuleType  # gitroot.serve.<name>
 
     def describe(self) -> str:
         return f"{self.name} ({self.binding}, {self.library})"

@@ -10,9 +10,10 @@ docs/performance.md ("The low-level back end"):
 
 - a lookup, getattr or read finds its node with one dict lookup, and no
   path is built or walked per request;
-- opendir answers ``cache_readdir`` and ``keep_cache`` with every libfuse
-  3, where the high-level API passes them on only from 3.16 (Debian 12
-  has 3.14): the kernel keeps listings, and a warm walk sends no READDIR;
+- opendir and open answer ENOSYS once: the kernel then keeps listings and
+  file pages cached without asking again, with every libfuse 3 (the
+  high-level API cannot do this, and passes cache_readdir on only from
+  3.16; Debian 12 has 3.14), so a warm walk or read sends no request;
 - readdirplus hands the kernel each entry's nodeid and attributes, so a
   cold walk needs no LOOKUP;
 - a missing name is answered with a negative entry the kernel caches.
@@ -220,6 +221,12 @@ _add_plus = _lib.fuse_add_direntry_plus
 _add = _lib.fuse_add_direntry
 
 
+def _blank(struct):
+    """*struct*, zeroed (the module reuses one of each per session)."""
+    ctypes.memset(ctypes.byref(struct), 0, ctypes.sizeof(struct))
+    return struct
+
+
 def describe() -> Tuple[str, str]:
     """(binding, library) for the mount's log line and record."""
     return (f"ctypes, libfuse {LIBFUSE_VERSION} low-level API", loaded_library(_SONAME))
@@ -308,24 +315,40 @@ class Session:
         return spare
 
     def _fill(self, stat: Tuple) -> Stat:
-        st = self._stat
-        ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+        st = _blank(self._stat)
         fill_stat(st, stat)
         return st
 
-    def _entry_of(self, name: bytes, kid: Optional[Node], parent_path: bytes) -> EntryParam:
-        """The entry for *kid*: nodeid 0 (the kernel ignores it, and a
-        lookup answers EIO) for an entry that cannot be served."""
+    def _entry_of(self, name: bytes, kid, parent_path: bytes) -> EntryParam:
+        """The entry for *kid*, a node or (for "." and "..") an inode
+        number.  Nodeid 0 -- the kernel links nothing, and a lookup of an
+        unservable entry answers EIO -- for "." and ".." and for an entry
+        that cannot be served."""
         entry = self._entry
-        attr = entry.attr
-        ctypes.memset(ctypes.byref(attr), 0, ctypes.sizeof(attr))
-        if kid is None or kid.error is not None:
-            entry.ino = 0
+        attr = _blank(entry.attr)
+        entry.ino = 0
+        if type(kid) is int:
+            attr.st_mode = stmod.S_IFDIR
+            attr.st_ino = kid
+        elif kid is None or kid.error is not None:
             attr.st_ino = UNKNOWN_INO
-            return entry
-        entry.ino = self._nodeid(kid, name if parent_path == b"." else parent_path + b"/" + name)
-        fill_stat(attr, kid.stat)
+        else:
+            entry.ino = self._nodeid(kid, name if parent_path == b"." else parent_path + b"/" + name)
+            fill_stat(attr, kid.stat)
         return entry
+
+    def _dirent_of(self, kid) -> Stat:
+        """What a plain READDIR lists of *kid* (as _entry_of): type and inode."""
+        st = _blank(self._stat)
+        if type(kid) is int:
+            st.st_mode = stmod.S_IFDIR
+            st.st_ino = kid
+        elif kid.error is None:
+            st.st_mode = kid.st_mode
+            st.st_ino = kid.st_ino
+        else:
+            st.st_ino = UNKNOWN_INO
+        return st
 
     # -- operations ------------------------------------------------------
 
@@ -415,28 +438,10 @@ class Session:
         for position in range(max(offset, 0), len(entries)):
             name, kid = entries[position]
             if plus:
-                if type(kid) is int:            # "." and "..": never linked by the kernel
-                    entry = self._entry
-                    ctypes.memset(ctypes.byref(entry.attr), 0, ctypes.sizeof(Stat))
-                    entry.ino = 0
-                    entry.attr.st_mode = stmod.S_IFDIR
-                    entry.attr.st_ino = kid
-                else:
-                    entry = self._entry_of(name, kid, path)
-                added = _add_plus(req, start + used, size - used, name, entry,
-                                  position + 1)
+                added = _add_plus(req, start + used, size - used, name,
+                                  self._entry_of(name, kid, path), position + 1)
             else:
-                st = self._stat
-                ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
-                if type(kid) is int:
-                    st.st_mode = stmod.S_IFDIR
-                    st.st_ino = kid
-                elif kid.error is None:
-                    st.st_mode = kid.st_mode
-                    st.st_ino = kid.st_ino
-                else:
-                    st.st_ino = UNKNOWN_INO
-                added = _add(req, start + used, size - used, name, st,
+                added = _add(req, start + used, size - used, name, self._dirent_of(kid),
                              position + 1)
             if added > size - used:
                 break

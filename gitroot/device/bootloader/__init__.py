@@ -189,7 +189,7 @@ def sync_boot_loader(repo, state: State, booted: Optional[str], kind: str,
     wrote = False           # a kernel or initrd written here
     for role, commit in _roles(state, booted):
         present = is_installed(boot_dir, commit)
-        if install_release(repo, commit, boot_dir):
+        if present or install_release(repo, commit, boot_dir):
             wrote = wrote or not present
             has_initrd = os.path.isfile(os.path.join(release_dir(boot_dir, commit), INITRD))
             entries.append(Entry(commit, role, f"{RELEASES_DIR}/{commit}/{KERNEL}",
