@@ -111,9 +111,9 @@ class ObjectFiles:
 
     def __init__(self, git_dir: str):
         self.objects = os.path.join(git_dir, "objects")
-        self._packs: Optional[List[Tuple[str, _PackIndex]]] = None
+        self._packs: Optional[List[Tuple[str, _PackIndex, mmap.mmap]]] = None
 
-    def _pack_indexes(self) -> List[Tuple[str, _PackIndex]]:
+    def _pack_indexes(self) -> List[Tuple[str, _PackIndex, mmap.mmap]]:
         if self._packs is None:
             packs = []
             pack_dir = os.path.join(self.objects, "pack")
@@ -123,21 +123,31 @@ class ObjectFiles:
                 names = []
             for name in names:
                 if name.endswith(".idx") and name[:-4] + ".pack" in names:
+                    pack_path = os.path.join(pack_dir, name[:-4] + ".pack")
                     try:
-                        packs.append((os.path.join(pack_dir, name[:-4] + ".pack"),
-                                      _PackIndex(os.path.join(pack_dir, name))))
+                        index = _PackIndex(os.path.join(pack_dir, name))
+                        # mapped, as the index: locating an object is then
+                        # no system call (an open and a read per file read
+                        # cost the daemon 60 ms of a cold full read)
+                        with open(pack_path, "rb") as f:
+                            pack_map = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+                        # a fault reads its page, not the device's read-ahead
+                        # around it (8 MiB here: 15 MB more read from disk
+                        # in a cold program start)
+                        pack_map.madvise(mmap.MADV_RANDOM)
                     except (OSError, ValueError, BlobStreamError):
                         continue     # libgit2 will judge that pack
+                    packs.append((pack_path, index, pack_map))
             self._packs = packs
         return self._packs
 
     def locate(self, oid: bytes) -> Optional[Location]:
         """Where *oid* is stored, or None (not here, or not in a form read here)."""
-        for pack_path, index in self._pack_indexes():
+        for pack_path, index, pack_map in self._pack_indexes():
             offset = index.offset_of(oid)
             if offset is not None:
                 try:
-                    return _pack_entry(pack_path, offset)
+                    return _pack_entry(pack_path, pack_map, offset)
                 except (OSError, BlobStreamError, zlib.error):
                     return None
         hexid = oid.hex()
@@ -168,41 +178,38 @@ def _varint_size(data: bytes, pos: int) -> Tuple[int, int]:
             return value, pos
 
 
-def _pack_entry(pack_path: str, offset: int) -> Location:
-    with open(pack_path, "rb") as f:
-        f.seek(offset)
-        head = f.read(32)
-        if not head:
-            raise BlobStreamError("offset beyond the pack")
-        c = head[0]
-        kind = (c >> 4) & 7
-        size = c & 15
-        shift = 4
-        pos = 1
-        while c & 0x80:
-            if pos >= len(head) or shift > 63:
-                raise BlobStreamError("bad pack entry header")
-            c = head[pos]
-            size |= (c & 0x7F) << shift
-            shift += 7
+def _pack_entry(pack_path: str, pack: mmap.mmap, offset: int) -> Location:
+    head = pack[offset:offset + 32]
+    if not head:
+        raise BlobStreamError("offset beyond the pack")
+    c = head[0]
+    kind = (c >> 4) & 7
+    size = c & 15
+    shift = 4
+    pos = 1
+    while c & 0x80:
+        if pos >= len(head) or shift > 63:
+            raise BlobStreamError("bad pack entry header")
+        c = head[pos]
+        size |= (c & 0x7F) << shift
+        shift += 7
+        pos += 1
+    if kind == OBJ_OFS_DELTA:
+        while pos < len(head) and head[pos] & 0x80:     # the base's negative offset
             pos += 1
-        if kind == OBJ_OFS_DELTA:
-            while head[pos] & 0x80:        # the base's negative offset
-                pos += 1
-            pos += 1
-        elif kind == OBJ_REF_DELTA:
-            pos += 20
-        start = offset + pos
-        if kind in (OBJ_OFS_DELTA, OBJ_REF_DELTA):
-            # the delta's header: the base's size, then the size it produces
-            f.seek(start)
-            delta_head = zlib.decompressobj().decompress(f.read(64), 32)
-            _, at = _varint_size(delta_head, 0)
-            result, _ = _varint_size(delta_head, at)
-            return Location(pack_path, start, result, delta=True, loose=False)
-        if kind != OBJ_BLOB:
-            raise BlobStreamError(f"pack entry of type {kind}, not a blob")
-        return Location(pack_path, start, size, delta=False, loose=False)
+        pos += 1
+    elif kind == OBJ_REF_DELTA:
+        pos += 20
+    start = offset + pos
+    if kind in (OBJ_OFS_DELTA, OBJ_REF_DELTA):
+        # the delta's header: the base's size, then the size it produces
+        delta_head = zlib.decompressobj().decompress(pack[start:start + 64], 32)
+        _, at = _varint_size(delta_head, 0)
+        result, _ = _varint_size(delta_head, at)
+        return Location(pack_path, start, result, delta=True, loose=False)
+    if kind != OBJ_BLOB:
+        raise BlobStreamError(f"pack entry of type {kind}, not a blob")
+    return Location(pack_path, start, size, delta=False, loose=False)
 
 
 class StreamedBlob:

@@ -94,6 +94,10 @@ RECORD_NAME = "mount.json"
 #: allows 1 MiB ones (max_pages 256).  See docs/performance.md.
 READAHEAD_KB = 1024
 
+#: Threads reading blobs ahead of a reader going through the tree in
+#: order (gitroot.serve.readahead); GITROOT_READAHEAD=N or =off overrides.
+READAHEAD_THREADS = 2
+
 
 def _widen_readahead(mountpoint: str) -> None:
     """Raise the mount's read-ahead to READAHEAD_KB (root only; a kernel
@@ -136,6 +140,13 @@ def _serve(view: RootView, mountpoint: str, allow_other: bool, on_ready, debug: 
     log.info("serving commit %s at %s through %s", view.commit_id, mountpoint,
              backend.describe())
     _fixed_mmap_threshold()
+    setting = os.environ.get("GITROOT_READAHEAD", "")
+    threads = int(setting) if setting.isdigit() else READAHEAD_THREADS
+    if setting == "off" or threads == 0:
+        log.info("read-ahead across files: off (GITROOT_READAHEAD=%s)", setting)
+    elif not view.enable_readahead(threads):
+        log.info("read-ahead across files: off (libgit2 cannot be called from a "
+                 "second thread here)")
     try:
         run_fuse(view, mountpoint, allow_other, on_ready=on_ready, debug=debug, suid=suid,
                  backend=backend)
@@ -143,6 +154,8 @@ def _serve(view: RootView, mountpoint: str, allow_other: bool, on_ready, debug: 
         # fusepy raises RuntimeError(status) when fuse_main fails; libfuse
         # has already printed the reason on stderr.
         raise MountError(f"{mountpoint}: FUSE mount failed (status {err})") from None
+    finally:
+        view.close()
 
 
 def _fixed_mmap_threshold() -> None:
