@@ -195,6 +195,10 @@ VARIANTS = {
     # (cache_readdir + keep_cache) instead of ENOSYS
     "lowlevel-opendir": ({"GITROOT_FUSE": "lowlevel", "GITROOT_LOWLEVEL_OFF": "no_opendir"},
                          None),
+    # the default back end without read-ahead across files
+    # (gitroot.serve.readahead), or with one worker thread instead of two
+    "no-filereadahead": ({"GITROOT_READAHEAD": "off"}, None),
+    "filereadahead-1": ({"GITROOT_READAHEAD": "1"}, None),
     "no-readahead": ({"GITROOT_FUSE": "libfuse3"}, 128),    # the kernel's default
     "no-levers": ({"GITROOT_FUSE": "libfuse3", "GITROOT_FUSE3_OFF": ",".join(LEVERS)}, 128),
     "before": ({}, None),                                    # code from --before

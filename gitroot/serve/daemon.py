@@ -170,6 +170,10 @@ def _fixed_mmap_threshold() -> None:
     try:
         libc = ctypes.CDLL(None)
         libc.mallopt(-3, 128 * 1024)        # M_MMAP_THRESHOLD
+        # one arena for all threads: each read-ahead thread's own arena kept
+        # its freed memory dirty (after a full read of the Debian root,
+        # 31.9 MB with two threads against 28.5 MB without any)
+        libc.mallopt(-8, 1)                 # M_ARENA_MAX
     except (OSError, AttributeError):       # not glibc: nothing to tune
         pass
 

@@ -82,6 +82,11 @@ class Readahead:
                 self._cond.wait()
             loaded = self._ready.pop(oid, None)
             if loaded is None:
+                # not started yet: the caller reads it, and a worker must not
+                for item in self._queue:
+                    if item[0] == oid:
+                        self._queue.remove(item)
+                        break
                 return None
             self._held -= loaded[1]
             self.served += 1
