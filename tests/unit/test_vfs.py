@@ -411,6 +411,34 @@ def test_interleaved_reads_of_several_files(tmp_path):
     assert not view._recent          # every file was read to its end
 
 
+def test_a_blob_read_out_of_order_is_inflated_once(tmp_path, monkeypatch):
+    """A program's pages fault anywhere in its executable: the blob is
+    kept between such reads (until pushed out), not inflated per read; one
+    read in order to its end is dropped at once."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(300_000)
+    (src / "exe").write_bytes(data)
+    (src / "doc").write_bytes(data[::-1])
+    import_directory(str(src), str(tmp_path / "r.git"), "main", "m")
+    view = open_view(str(tmp_path / "r.git"), "main")
+    inflated = []
+    real_read = view._read
+
+    def counting_read(oid, want, what):
+        if want == go.OBJ_BLOB:
+            inflated.append(oid)
+        return real_read(oid, want, what)
+
+    monkeypatch.setattr(view, "_read", counting_read)
+    for offset in (131072, 262144, 0, 65536, 262144):
+        assert view.read_file(b"exe", 65536, offset) == data[offset:offset + 65536]
+    assert len(inflated) == 1 and b"exe" in view._recent
+    for offset in range(0, 300_000, 65536):
+        assert view.read_file(b"doc", 65536, offset) == data[::-1][offset:offset + 65536]
+    assert len(inflated) == 2 and b"doc" not in view._recent
+
+
 def _hostile_dir(tmp_path, *lines):
     repo = pygit2.init_repository(str(tmp_path / "evil.git"), bare=True)
     good = craft.blob(repo, b"hello")
