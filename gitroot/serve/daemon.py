@@ -141,12 +141,20 @@ def _serve(view: RootView, mountpoint: str, allow_other: bool, on_ready, debug: 
              backend.describe())
     _fixed_mmap_threshold()
     setting = os.environ.get("GITROOT_READAHEAD", "")
-    threads = int(setting) if setting.isdigit() else READAHEAD_THREADS
+    threads = min(int(setting), 8) if setting.isdigit() else READAHEAD_THREADS
     if setting == "off" or threads == 0:
         log.info("read-ahead across files: off (GITROOT_READAHEAD=%s)", setting)
-    elif not view.enable_readahead(threads):
-        log.info("read-ahead across files: off (libgit2 cannot be called from a "
-                 "second thread here)")
+    else:
+        try:
+            enabled = view.enable_readahead(threads)
+        except Exception as err:        # an optimization: never worth a failed mount
+            log.warning("read-ahead across files: off (%s)", err)
+        else:
+            if enabled:
+                log.info("read-ahead across files: %d thread(s)", threads)
+            else:
+                log.info("read-ahead across files: off (libgit2 cannot be called "
+                         "through ctypes here)")
     try:
         run_fuse(view, mountpoint, allow_other, on_ready=on_ready, debug=debug, suid=suid,
                  backend=backend)

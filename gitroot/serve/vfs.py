@@ -41,6 +41,10 @@ import pygit2
 from gitroot.git import objects as go
 from gitroot.git import manifest as mf
 from gitroot.git.blobstream import BlobStreamError, ObjectFiles, StreamedBlob
+# imported here, not where used: the initramfs hook copies what the boot
+# path has imported (hooks/gitroot)
+from gitroot.git.rawodb import open_odb
+from gitroot.serve.readahead import Readahead
 from gitroot.errors import CorruptObjectError, ManifestError, RepositoryError
 from gitroot.git.release import read_manifest_bytes, read_object
 from gitroot.git.repository import resolve_commit
@@ -242,8 +246,6 @@ class RootView:
         """Read the next blobs of a tree read in order in *threads* other
         threads (gitroot.serve.readahead); the daemon calls this, tests and
         tools leave it off.  False if libgit2 cannot be used that way here."""
-        from gitroot.git.rawodb import open_odb
-        from gitroot.serve.readahead import Readahead
         readers = []
         for _ in range(threads):
             reader = open_odb(self.repo, bytes.fromhex(self.commit_id))
