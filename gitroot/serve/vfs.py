@@ -62,6 +62,7 @@ BLOCK = 512
 #: verify, then 45 ms for 54 reads of 128 KiB at random places, against
 #: 35 ms for libgit2 to read it whole and nothing after)
 STREAM_ABOVE = 16 << 20
+OUT_OF_ORDER = 1 << 63          # a kept blob read out of order (read_node)
 #: bytes of small blobs kept between reads (see read_file)
 RECENT_BYTES = 16 << 20
 #: streamed blobs kept (their checkpoints, at most ~2.6 MB each)
@@ -229,7 +230,7 @@ class RootView:
         self.root = self._make_node(b".", mf.KIND_DIR, root_tree, self.manifest.root,
                                     self.manifest.lineno(0) - 1)
         self._logged: set = set()
-        # path -> (blob, where the next read in order starts, or -1), oldest first
+        # path -> (blob, where the last read ended, or OUT_OF_ORDER), oldest first
         self._recent: Dict[bytes, Tuple[bytes, int]] = {}
         self._recent_bytes = 0
         self._streams: Dict[bytes, StreamedBlob] = {}   # oid -> stream, oldest first
@@ -531,10 +532,11 @@ class RootView:
         ahead = None
         sequential = offset == 0
         if kept is not None:
-            data, expected = kept
+            data, reached = kept
             self._recent_bytes -= len(data)
-            # -1: read out of order before, so kept until pushed out
-            sequential = offset == expected
+            # in order: forward from where the last read ended (the kernel
+            # skips what it still caches); OUT_OF_ORDER once a read went back
+            sequential = offset >= reached
         elif self._ahead is not None and (ahead := self._ahead.take(node.oid)) is not None:
             # loaded ahead exactly as below (_load_ahead): the blob's bytes,
             # or over STREAM_ABOVE, the blob verified as a stream
@@ -570,7 +572,7 @@ class RootView:
             # nothing behind); a blob read out of order, as a program's
             # pages fault, until RECENT_BYTES pushes it out.  A big one
             # alone.
-            recent[path] = (data, end if sequential else -1)
+            recent[path] = (data, end if sequential else OUT_OF_ORDER)
             self._recent_bytes += len(data)
             while self._recent_bytes > RECENT_BYTES and len(recent) > 1:
                 self._recent_bytes -= len(recent.pop(next(iter(recent)))[0])
