@@ -534,9 +534,13 @@ class RootView:
         if kept is not None:
             data, reached = kept
             self._recent_bytes -= len(data)
-            # in order: forward from where the last read ended (the kernel
-            # skips what it still caches); OUT_OF_ORDER once a read went back
-            sequential = offset >= reached
+            # in order: from where the last read ended; OUT_OF_ORDER once a
+            # read started elsewhere.  Not "forward": an executable's pages
+            # fault mostly forward, with gaps, and reach its end long before
+            # the program is done with it (dropped there, python3.11's
+            # binary was inflated again and again: the cold python3 start
+            # took ~350 ms instead of ~270)
+            sequential = offset == reached
         elif self._ahead is not None and (ahead := self._ahead.take(node.oid)) is not None:
             # loaded ahead exactly as below (_load_ahead): the blob's bytes,
             # or over STREAM_ABOVE, the blob verified as a stream
