@@ -530,7 +530,10 @@ class RootView:
         recent = self._recent
         kept = recent.pop(path, None)
         ahead = None
-        sequential = offset == 0
+        # a first read starts in order wherever it starts: the kernel
+        # re-reading the evicted tail of a file it read before is a reader
+        # in order, and leaves nothing behind either
+        sequential = True
         if kept is not None:
             data, reached = kept
             self._recent_bytes -= len(data)

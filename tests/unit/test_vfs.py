@@ -439,6 +439,10 @@ def test_a_blob_read_out_of_order_is_inflated_once(tmp_path, monkeypatch):
     for offset in range(0, 300_000, 65536):
         assert view.read_file(b"doc", 65536, offset) == data[::-1][offset:offset + 65536]
     assert len(inflated) == 2 and b"doc" not in view._recent
+    # the kernel reading again the tail it no longer caches: in order too
+    for offset in range(131072, 300_000, 65536):
+        assert view.read_file(b"doc", 65536, offset) == data[::-1][offset:offset + 65536]
+    assert len(inflated) == 3 and b"doc" not in view._recent
 
 
 def _hostile_dir(tmp_path, *lines):
