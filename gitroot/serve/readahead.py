@@ -1,21 +1,21 @@
-"""Read-ahead across files: the next blobs a sequential reader will ask for,
-inflated and hash-checked in other threads while the FUSE loop serves.
+"""Read-ahead across files: the next blobs a reader going through a tree in
+order will ask for, loaded in other threads while the FUSE loop serves.
 
 A cold full read of a root (``tar``, a backup, a first boot reading its
 units and libraries) is a long run of first reads of files, one directory
 after the other, each blob inflated and hashed before its first byte is
 served.  The FUSE loop is one thread, and pygit2 holds the GIL while
-libgit2 reads, so all of that ran on one core.  When the view sees files
-of one directory first read in listing order (RootView.read_node), it asks
-for the next few (:meth:`Readahead.want`); a worker thread reads them
-through libgit2 with the GIL released (gitroot.git.rawodb) and keeps them
-until the loop takes them.
+libgit2 reads, so all of that ran on one core.  When the view sees a tree
+read in order (RootView._first_read), it asks for the next files of a
+depth-first walk (:meth:`Readahead.want`); worker threads load them (the
+view's loader: a blob through libgit2 with the GIL released,
+gitroot.git.rawodb, or a large one verified as a stream) and keep them
+until the loop takes them (:meth:`Readahead.take`).
 
-What it may cost is bounded: *budget* bytes of blobs read ahead and not yet
-taken (a reader that stops leaves at most that behind until the next
-want, which drops what it no longer names); only blobs at most
-vfs.STREAM_ABOVE, whose stored size matches what the view expects, are
-read here.  Anything the worker cannot read (missing, corrupt, a size that
+What it may cost is bounded: *budget* bytes loaded and not yet taken (a
+reader that stops leaves at most that behind until the next want, which
+drops what it no longer names; the view bounds the blobs it asks for by
+size).  Anything a worker cannot load (missing, corrupt, a size that
 differs) it leaves alone, and the loop reads that blob itself, the way it
 reads every blob not asked for: so errors are found, logged and answered
 in one place, and a blob served from here was checked exactly as one read

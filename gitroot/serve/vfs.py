@@ -27,7 +27,10 @@ than in a first walk.
 Threading: meant for one thread (the adapter runs FUSE single-threaded).
 Lazy loading only ever adds complete, immutable nodes with single dict
 assignments, so concurrent callers under the GIL at worst load a directory
-twice and never observe a half-built one.
+twice and never observe a half-built one.  The read-ahead threads
+(:meth:`RootView.enable_readahead`) call only ``_load_ahead``, which reads
+the object files' locator and builds new objects, nothing the loop
+changes.
 """
 
 import hashlib
