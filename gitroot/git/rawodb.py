@@ -31,7 +31,6 @@ import pygit2
 
 log = logging.getLogger(__name__)
 
-OBJ_BLOB = 3
 _OID_SIZE = 20
 
 
@@ -73,6 +72,7 @@ class RawOdb:
 
     def __init__(self, lib, repo_path: str):
         self._lib = lib
+        self._path = repo_path
         self._repo = ctypes.c_void_p()
         self._odb = ctypes.c_void_p()
         # 1 = GIT_REPOSITORY_OPEN_NO_SEARCH, as gitroot.git.repository.open_repo
@@ -82,6 +82,11 @@ class RawOdb:
         if lib.git_repository_odb(ctypes.byref(self._odb), self._repo) != 0:
             lib.git_repository_free(self._repo)
             raise OSError(f"{repo_path}: libgit2 cannot open its objects")
+
+    def another(self) -> "RawOdb":
+        """One more reader of the same repository, through the same library
+        (for another thread; :func:`open_odb` has checked it once)."""
+        return RawOdb(self._lib, self._path)
 
     def read(self, oid: bytes) -> Optional[Tuple[int, bytes]]:
         """(type, bytes) of object *oid* (20 raw bytes), or None if libgit2

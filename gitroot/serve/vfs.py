@@ -244,20 +244,16 @@ class RootView:
         # the blobs asked for last; the last few listings, by directory
         self._sequence: Tuple[Optional[bytes], int, int] = (None, -1, 0)
         self._predicted: Dict[bytes, int] = {}
-        self._orders: Dict[bytes, Tuple[list, dict, int]] = {}
+        self._orders: Dict[bytes, Tuple[list, dict, list]] = {}
 
     def enable_readahead(self, threads: int = 2) -> bool:
         """Read the next blobs of a tree read in order in *threads* other
         threads (gitroot.serve.readahead); the daemon calls this, tests and
         tools leave it off.  False if libgit2 cannot be used that way here."""
-        readers = []
-        for _ in range(threads):
-            reader = open_odb(self.repo, bytes.fromhex(self.commit_id))
-            if reader is None:
-                break
-            readers.append(reader)
-        if not readers:
+        first = open_odb(self.repo, bytes.fromhex(self.commit_id))
+        if first is None:
             return False
+        readers = [first] + [first.another() for _ in range(threads - 1)]
         self._ahead = Readahead(readers, self._load_ahead, AHEAD_BYTES)
         return True
 

@@ -71,9 +71,12 @@ def test_rawodb_reads_what_pygit2_reads_from_another_thread(tree):
     worker = threading.Thread(target=lambda: got.append(raw.read(blob.id.raw)))
     worker.start()
     worker.join()
-    assert got == [(rawodb.OBJ_BLOB, layout[b"a/03"])]
+    assert got == [(go.OBJ_BLOB, layout[b"a/03"])]
     assert raw.read(b"\x01" * 20) is None            # missing
     assert raw.read(b"\x01" * 19) is None            # not an id
+    another = raw.another()                           # for a second thread
+    assert another.read(blob.id.raw) == (go.OBJ_BLOB, layout[b"a/03"])
+    another.close()
     raw.close()
 
 
@@ -81,7 +84,7 @@ def test_rawodb_refuses_what_does_not_hash_to_its_id(tmp_path):
     """libgit2's strict verification holds for this way of reading too."""
     repo, commit, good, bad = craft.good_and_corrupt(str(tmp_path / "r.git"))
     raw = rawodb.open_odb(repo, bytes.fromhex(commit))
-    assert raw.read(good) == (rawodb.OBJ_BLOB, b"hello")
+    assert raw.read(good) == (go.OBJ_BLOB, b"hello")
     assert raw.read(bad) is None
     raw.close()
 
