@@ -27,10 +27,19 @@ OBJ_TAG = 4
 TYPE_NAMES = {OBJ_COMMIT: b"commit", OBJ_TREE: b"tree", OBJ_BLOB: b"blob", OBJ_TAG: b"tag"}
 
 
+#: the modes git writes, as it writes them: a dict lookup instead of an
+#: octal check and int() per entry (a tree is parsed per directory listed)
+_MODE_OF_TEXT = {b"%o" % mode: mode for mode in VALID_MODES}
+
+
 class TreeItem(NamedTuple):
     mode: int
     name: bytes
     oid: bytes          # 20 raw bytes
+
+
+#: TreeItem from a tuple without NamedTuple's keyword-handling __new__
+_new_item = tuple.__new__
 
 
 class TreeFormatError(ValueError):
@@ -51,12 +60,15 @@ def parse_tree(data: bytes) -> List[TreeItem]:
         if space < 0:
             raise TreeFormatError("tree entry without a mode")
         mode_text = data[pos:space]
-        if not mode_text or any(c not in b"01234567" for c in mode_text):
-            raise TreeFormatError("tree entry mode is not octal")
+        mode = _MODE_OF_TEXT.get(mode_text)
+        if mode is None:
+            if not mode_text or mode_text.translate(None, b"01234567"):
+                raise TreeFormatError("tree entry mode is not octal")
+            mode = int(mode_text, 8)
         nul = data.find(b"\0", space + 1)
         if nul < 0 or nul + 21 > end:
             raise TreeFormatError("tree entry truncated")
-        items.append(TreeItem(int(mode_text, 8), data[space + 1:nul], data[nul + 1:nul + 21]))
+        items.append(_new_item(TreeItem, (mode, data[space + 1:nul], data[nul + 1:nul + 21])))
         pos = nul + 21
     return items
 

@@ -37,13 +37,14 @@ import os
 import platform
 import signal
 import stat as stmod
+import struct
 from typing import Callable, Dict, List, Optional, Tuple
 
 from gitroot.errors import MountError
 from gitroot.git import manifest as mf
 from gitroot.serve.fusefs import (CACHE_SECONDS, errno_of, fill_stat, find_libfuse3,
                                   loaded_library)
-from gitroot.serve.vfs import Node, RootView
+from gitroot.serve.vfs import BLKSIZE, Node, RootView
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,20 @@ UNKNOWN_INO = 0xFFFFFFFF
 #: (only a damaged manifest does that): above every inode number the view
 #: gives (manifest lines, and HIGH_INO | 60 bits for entries it lacks)
 SPARE_IDS = 1 << 63
+
+#: struct fuse_direntplus (linux/fuse.h, the kernel's ABI): fuse_entry_out
+#: (nodeid, generation, entry and attribute timeouts in seconds and
+#: nanoseconds, then struct fuse_attr: ino, size, blocks, atime, mtime,
+#: ctime, their nanoseconds, mode, nlink, uid, gid, rdev, blksize, flags),
+#: then struct fuse_dirent (ino, off, namelen, type) and the name, padded to
+#: 8 bytes.  Packed here, the way libfuse's fuse_add_direntry_plus lays it
+#: out, instead of through that helper: a ctypes call, a memset and fifteen
+#: ctypes field stores per entry were most of the daemon's time in the
+#: listings of a cold walk (docs/performance.md, "Listings packed in Python").
+_DIRENTPLUS = struct.Struct("<QQQQII QQQqqqIIIIIIIIII QQII")
+_TIMEOUT_SEC, _TIMEOUT_NSEC = int(CACHE_SECONDS), int(CACHE_SECONDS % 1 * 1e9)
+_PADDING = tuple(b"\0" * (-n % 8) for n in range(8))
+_NS = 1_000_000_000
 
 _reply_err = _lib.fuse_reply_err
 _reply_entry = _lib.fuse_reply_entry
@@ -431,22 +446,69 @@ class Session:
         its position + 1, so the kernel can continue where a full buffer
         stopped)."""
         entries = self._entries(ino)
-        _, path = self.nodes[ino]
+        if plus:
+            data = self._direntplus(ino, entries, size, offset)
+            _reply_buf(req, data, len(data))
+            return
         buf = ctypes.create_string_buffer(size)
         start = ctypes.addressof(buf)
         used = 0
         for position in range(max(offset, 0), len(entries)):
             name, kid = entries[position]
-            if plus:
-                added = _add_plus(req, start + used, size - used, name,
-                                  self._entry_of(name, kid, path), position + 1)
-            else:
-                added = _add(req, start + used, size - used, name, self._dirent_of(kid),
-                             position + 1)
+            added = _add(req, start + used, size - used, name, self._dirent_of(kid),
+                         position + 1)
             if added > size - used:
                 break
             used += added
         _reply_buf(req, buf, used)
+
+    def _direntplus(self, ino: int, entries: List[Tuple[bytes, object]], size: int,
+                    offset: int) -> bytes:
+        """READDIRPLUS's reply: the fuse_direntplus records of *entries*
+        from *offset* that fit in *size* bytes (see _DIRENTPLUS; what
+        libfuse's fuse_add_direntry_plus writes, given _entry_of's entry)."""
+        nodes = self.nodes
+        _, path = nodes[ino]
+        prefix = b"" if path == b"." else path + b"/"
+        pack = _DIRENTPLUS.pack
+        records = []
+        used = 0
+        for position in range(max(offset, 0), len(entries)):
+            name, kid = entries[position]
+            length = 152 + len(name)
+            padding = _PADDING[length % 8]
+            length += len(padding)
+            if used + length > size:
+                break
+            used += length
+            blksize = BLKSIZE
+            if type(kid) is int:            # "." and "..": no nodeid, a directory
+                nodeid, mode, st_ino, nlink, uid, gid, st_size, rdev, mtime, blksize = (
+                    0, stmod.S_IFDIR, kid, 0, 0, 0, 0, 0, 0, 0)
+            elif kid is None or kid.error is not None:
+                nodeid, mode, st_ino, nlink, uid, gid, st_size, rdev, mtime, blksize = (
+                    0, 0, UNKNOWN_INO, 0, 0, 0, 0, 0, 0, 0)
+            else:
+                mode, st_ino, nlink, uid, gid, st_size, rdev, mtime = (
+                    kid.st_mode, kid.st_ino, kid.st_nlink, kid.st_uid, kid.st_gid,
+                    kid.st_size, kid.st_rdev, kid.st_mtime)
+                known = nodes.get(st_ino)
+                if known is None:           # _nodeid's common case, inline
+                    nodes[st_ino] = (kid, prefix + name)
+                    nodeid = st_ino
+                elif known[0] is kid:
+                    nodeid = st_ino
+                else:
+                    nodeid = self._nodeid(kid, prefix + name)
+            sec, nsec = divmod(mtime, _NS)
+            records.append(pack(
+                nodeid, 0, _TIMEOUT_SEC, _TIMEOUT_SEC, _TIMEOUT_NSEC, _TIMEOUT_NSEC,
+                st_ino, st_size, (st_size + 511) // 512, sec, sec, sec, nsec, nsec, nsec,
+                mode, nlink & 0xFFFFFFFF, uid, gid, rdev & 0xFFFFFFFF, blksize, 0,
+                st_ino, position + 1, len(name), (mode & 0o170000) >> 12))
+            records.append(name)
+            records.append(padding)
+        return b"".join(records)
 
     def op_readdir(self, req, ino: int, size: int, offset: int, fi) -> None:
         self._list(req, ino, size, offset, plus=False)

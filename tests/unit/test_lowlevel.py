@@ -6,7 +6,7 @@ and the other tests that take the fuse_backend fixture run through it)."""
 import pytest
 
 from gitroot.serve.fusefs import find_libfuse3, mount_options
-from gitroot.serve.vfs import DirNode, Node
+from gitroot.serve.vfs import DirNode, ErrorNode, Node, SpecialNode
 
 try:
     find_libfuse3()
@@ -66,3 +66,42 @@ def test_an_unknown_nodeid_is_stale():
     with pytest.raises(OSError) as info:
         session._node(12345)
     assert info.value.errno == 116      # ESTALE
+
+
+def _libfuse_records(session, ino, entries, size, offset):
+    """What libfuse's own fuse_add_direntry_plus writes for the same
+    listing (the helper the packed records replace), filled through
+    _entry_of as before."""
+    import ctypes
+    _, path = session.nodes[ino]
+    buf = ctypes.create_string_buffer(size)
+    start, used = ctypes.addressof(buf), 0
+    for position in range(offset, len(entries)):
+        name, kid = entries[position]
+        added = lowlevel._add_plus(None, start + used, size - used, name,
+                                   session._entry_of(name, kid, path), position + 1)
+        if added > size - used:
+            break
+        used += added
+    return buf.raw[:used]
+
+
+def test_packed_listing_records_are_libfuse_s_byte_for_byte():
+    session = lowlevel.Session(_View(), None)
+    sub = DirNode(b"d", None, (0o40755, 3, 2, 1000, 1000, 0, 0, -1_500_000_001))
+    kids = [
+        (b".", 1), (b"..", 1),
+        (b"f", _file(2, size=123457)),
+        (b"setuid-with-a-longer-name", Node(b"\3" * 20, (0o104755, 4, 3, 0, 42, 9,
+                                                         0, 1_600_000_000_123_456_789))),
+        (b"d", sub),
+        (b"null", SpecialNode("c", (0o20666, 5, 1, 0, 0, 0, (1 << 8) | 3, 0))),
+        (b"broken", ErrorNode("unservable")),
+    ]
+    for size, offset in ((4096, 0), (400, 0), (4096, 3), (4096, len(kids)), (100, 0)):
+        fresh = lowlevel.Session(_View(), None)
+        expected = _libfuse_records(fresh, lowlevel.ROOT_ID, kids, size, offset)
+        got = session._direntplus(lowlevel.ROOT_ID, kids, size, offset)
+        assert got == expected, (size, offset)
+    # and the nodes listed are in the table, under their paths
+    assert session.nodes[3] == (sub, b"d")
