@@ -4,6 +4,7 @@ gitroot's own importer never writes these; an attacker's server could.
 """
 
 import os
+import struct
 import zlib
 from typing import List, Tuple
 
@@ -82,3 +83,32 @@ def good_and_corrupt(path: str) -> Tuple[pygit2.Repository, str, bytes, bytes]:
     result = commit(repo, root)
     corrupt_loose_object(repo, bad, b"WORLD")
     return repo, result, good, bad
+
+
+def elf_image(needed: List[bytes], runpath: bytes = b"", size: int = 0) -> bytes:
+    """A minimal 64-bit little-endian ELF shared object naming *needed*
+    (DT_NEEDED) and *runpath* (DT_RUNPATH): header, a PT_LOAD of the whole
+    file at 0x400000 and a PT_DYNAMIC, the string table, the dynamic
+    section, then zeros up to *size* bytes."""
+    base = 0x400000
+    strtab, offsets = b"\0", []
+    for name in needed:
+        offsets.append(len(strtab))
+        strtab += name + b"\0"
+    runpath_at = len(strtab)
+    strtab += runpath + b"\0"
+    strtab_at = 64 + 2 * 56
+    dynamic_at = strtab_at + len(strtab) + (-len(strtab) % 8)
+    dynamic = b"".join(struct.pack("<qQ", 1, at) for at in offsets)
+    dynamic += struct.pack("<qQ", 5, base + strtab_at)
+    if runpath:
+        dynamic += struct.pack("<qQ", 29, runpath_at)
+    dynamic += struct.pack("<qQ", 0, 0)
+    total = max(size, dynamic_at + len(dynamic))
+    header = b"\x7fELF\x02\x01\x01" + b"\0" * 9 + struct.pack(
+        "<HHIQQQIHHHHHH", 3, 62, 1, 0, 64, 0, 0, 64, 56, 2, 64, 0, 0)
+    programs = struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, total, total, 0x1000)
+    programs += struct.pack("<IIQQQQQQ", 2, 6, dynamic_at, base + dynamic_at,
+                            base + dynamic_at, len(dynamic), len(dynamic), 8)
+    image = header + programs + strtab.ljust(dynamic_at - strtab_at, b"\0") + dynamic
+    return image.ljust(total, b"\0")

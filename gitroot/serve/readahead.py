@@ -25,11 +25,16 @@ through pygit2 (the same libgit2, strict verification).
 import collections
 import logging
 import threading
+import time
 from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from gitroot.git.rawodb import RawOdb
 
 log = logging.getLogger(__name__)
+
+#: how long a blob loaded for also() waits to be taken (a dynamic loader
+#: opens an executable's libraries within milliseconds of reading it)
+EXTRA_SECONDS = 2.0
 
 
 class Readahead:
@@ -48,7 +53,9 @@ class Readahead:
         self._cond = threading.Condition()
         self._queue: collections.deque = collections.deque()   # (oid, size, cost) to load
         self._busy: Set[bytes] = set()                          # oids being loaded
-        self._ready: Dict[bytes, Tuple[object, int]] = {}       # oid -> (loaded, cost)
+        # oid -> (loaded, cost, when asked for by also(), else 0)
+        self._ready: Dict[bytes, Tuple[object, int, float]] = {}
+        self._extra: Dict[bytes, float] = {}   # oid -> when also() asked for it
         self._held = 0                 # the cost of what is loaded or being loaded
         self._stop = False
         self._threads: List[threading.Thread] = []
@@ -65,14 +72,41 @@ class Readahead:
             self._queue = collections.deque(
                 item for item in items if item[0] not in self._ready
                 and item[0] not in self._busy)
-            if not self._threads and self._queue:
-                # started on first use: the daemon has forked by then
-                for n, reader in enumerate(self._readers):
-                    thread = threading.Thread(target=self._run, args=(reader,),
-                                              name=f"gitroot-readahead-{n}", daemon=True)
-                    thread.start()
-                    self._threads.append(thread)
+            self._extra.clear()
+            self._start()
             self._cond.notify_all()
+
+    def also(self, items: Iterable[Tuple[bytes, int, int]]) -> None:
+        """Load these (oid, size, cost) before what is queued, without
+        forgetting anything asked for before: blobs a program is about to
+        ask for (the libraries of an executable being read).  What this
+        loaded and nobody took within EXTRA_SECONDS is dropped at the next
+        call, so blobs the kernel never asks for (their pages were still
+        cached) cannot hold the budget for long."""
+        now = time.monotonic()
+        with self._cond:
+            stale = [oid for oid, (_, _, when) in self._ready.items()
+                     if when and now - when > EXTRA_SECONDS]
+            for oid in stale:
+                self._held -= self._ready.pop(oid)[1]
+            queued = {item[0] for item in self._queue}
+            new = [item for item in items if item[0] not in self._ready
+                   and item[0] not in self._busy and item[0] not in queued]
+            for item in reversed(new):
+                self._queue.appendleft(item)
+                self._extra[item[0]] = now
+            if new:
+                self._start()
+                self._cond.notify_all()
+
+    def _start(self) -> None:
+        """Start the workers on first use (the daemon has forked by then)."""
+        if not self._threads and self._queue:
+            for n, reader in enumerate(self._readers):
+                thread = threading.Thread(target=self._run, args=(reader,),
+                                          name=f"gitroot-readahead-{n}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
 
     def take(self, oid: bytes) -> Optional[object]:
         """What was loaded for *oid* (waiting while it is being loaded), or
@@ -129,7 +163,7 @@ class Readahead:
             with self._cond:
                 self._busy.discard(oid)
                 if loaded is not None and not self._stop:
-                    self._ready[oid] = (loaded, cost)
+                    self._ready[oid] = (loaded, cost, self._extra.pop(oid, 0.0))
                 else:
                     self._held -= cost
                 self._cond.notify_all()

@@ -36,6 +36,7 @@ changes.
 import hashlib
 import logging
 import os
+import platform
 import zlib
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -47,6 +48,7 @@ from gitroot.git.blobstream import BlobStreamError, ObjectFiles, StreamedBlob
 # imported here, not where used: the initramfs hook copies what the boot
 # path has imported (hooks/gitroot)
 from gitroot.git.rawodb import open_odb
+from gitroot.serve import elfdeps
 from gitroot.serve.readahead import Readahead
 from gitroot.errors import CorruptObjectError, ManifestError, RepositoryError
 from gitroot.git.release import read_manifest_bytes, read_object
@@ -94,6 +96,18 @@ PARSE_AT_MOUNT = 12_000
 READ_AHEAD_FILES = 32
 READ_AHEAD_DIRS = 64
 AHEAD_BYTES = 8 << 20
+#: Libraries read ahead (_elf_first_read): where the dynamic loader looks
+#: for a name when the executable does not say (Debian's multiarch
+#: directories first, as its ld.so.conf lists them), how many symlinks a
+#: path may go through (the kernel's own limit), how many ELF files are
+#: remembered as read (past that, libraries are no longer read ahead)
+_TRIPLET = {"x86_64": b"x86_64-linux-gnu", "aarch64": b"aarch64-linux-gnu"}.get(
+    platform.machine(), b"")
+LIBRARY_DIRS = ([b"/lib/" + _TRIPLET, b"/usr/lib/" + _TRIPLET] if _TRIPLET else []) + [
+    b"/lib64", b"/usr/lib64", b"/lib", b"/usr/lib"]
+MAX_SYMLINKS = 40
+ELF_SEEN_MAX = 65536
+ELF_MAGIC = b"\x7fELF"
 PATH_MAX = 4096      # Linux's longest symlink target
 HIGH_INO = 1 << 62   # inodes of entries the manifest lacks (see _fallback_ino)
 
@@ -207,6 +221,7 @@ class ErrorNode(Node):
 
 
 _NO_STAT = (0,) * 8
+_IFMT = mf.KIND_TO_IFMT
 
 
 def _fallback_ino(path: bytes) -> int:
@@ -245,6 +260,9 @@ class RootView:
         self._sequence: Tuple[Optional[bytes], int, int] = (None, -1, 0)
         self._predicted: Dict[bytes, int] = {}
         self._orders: Dict[bytes, Tuple[list, dict, list]] = {}
+        # the blobs first read as ELF files, or asked for as libraries
+        # (_elf_first_read), at most ELF_SEEN_MAX
+        self._elf_seen: set = set()
 
     def enable_readahead(self, threads: int = 2) -> bool:
         """Read the next blobs of a tree read in order in *threads* other
@@ -308,12 +326,12 @@ class RootView:
                    entry: Optional[mf.Entry], ino: int = 0, git_mode: int = 0) -> Node:
         xattrs: Tuple[Tuple[bytes, bytes], ...] = ()
         if entry is not None:
-            mode = entry.st_mode
-            uid, gid, mtime = entry.uid, entry.gid, entry.mtime_ns
-            size = entry.size or 0
+            # unpacked at once: one node per entry a walk meets
+            _, entry_kind, perm, uid, gid, mtime, size, rdev_pair, _, xattrs = entry
+            mode = _IFMT[entry_kind] | perm
+            size = size or 0
             nlink = self.manifest.nlink(ino) if kind == mf.KIND_FILE else 1
-            rdev = _device_number(entry.rdev) if entry.rdev else 0
-            xattrs = entry.xattrs
+            rdev = _device_number(rdev_pair) if rdev_pair else 0
         else:
             # Not in the manifest (e.g. committed with plain git): git's own view.
             perm = {mf.KIND_DIR: 0o755, mf.KIND_SYMLINK: 0o777}.get(
@@ -354,7 +372,6 @@ class RootView:
         prefix = b"" if path == b"." else path + b"/"
         listed = {name: (verdict, ino) for name, verdict, ino in self.manifest.listing(path)}
         children: Dict[bytes, Node] = {}
-        seen_git = set()
         items: List[go.TreeItem] = []
         if node.oid is not None:
             try:
@@ -365,15 +382,18 @@ class RootView:
             name = item.name
             if path == b"." and name == mf.MANIFEST_DIR:
                 continue
-            problem = go.name_problem(name)
+            # most names need no closer look: not empty, not starting with
+            # a dot, short enough and without a slash (a tree's names hold
+            # no NUL: it ends them)
+            if not name or name[0] == 46 or len(name) > go.NAME_MAX or b"/" in name:
+                problem = go.name_problem(name)
+                if problem:
+                    self._log_once(path, f"tree entry {name!r} not served: {problem}")
+                    continue
             child_path = prefix + name
-            if problem:
-                self._log_once(path, f"tree entry {name!r} not served: {problem}")
-                continue
-            if name in seen_git:
+            if name in children:        # only tree entries are in it yet
                 children[name] = self._error_node(child_path, "name appears twice in its tree")
                 continue
-            seen_git.add(name)
             children[name] = self._git_child(child_path, item, *listed.pop(name, (None, 0)))
         for name, (verdict, ino) in listed.items():
             child_path = prefix + name
@@ -554,6 +574,8 @@ class RootView:
                                          size, offset)
             data = ahead
             self._check_size(node, path, len(data))
+            if offset == 0 and data[:4] == ELF_MAGIC:
+                self._elf_first_read(node, data)
         else:
             where = self._files.locate(node.oid)
             if where is not None and where.size > STREAM_ABOVE:
@@ -572,6 +594,8 @@ class RootView:
             data = self._content(node, path)
             if offset == 0 and self._ahead is not None:
                 self._first_read(node, path)
+                if data[:4] == ELF_MAGIC:
+                    self._elf_first_read(node, data)
         end = offset + size
         if end < len(data) or not sequential:
             # Kept until read to its end in order (a full read leaves
@@ -623,6 +647,84 @@ class RootView:
         # each one asked for, with how many were asked for after it
         self._predicted = {item[0]: len(wanted) - i for i, item in enumerate(wanted)}
         self._ahead.want(wanted)
+
+    def _elf_first_read(self, node: Node, image: bytes) -> None:
+        """An executable or a library was first read: have the libraries
+        it needs (gitroot.serve.elfdeps) read ahead, on the other core,
+        while the loop serves this file and the dynamic loader gets to
+        them one by one.  Not while a tree is read in order (_first_read
+        reads ahead then, and tar wants no libraries), and not for a
+        library already read once by this daemon as an ELF file (the kernel
+        most likely still caches its pages: libc for every program after
+        the first; a guess gone wrong costs one inflate on the other core,
+        dropped after readahead.EXTRA_SECONDS).  The cold python3 start of
+        bench/mount.py: docs/performance.md, "Libraries read ahead"."""
+        seen = self._elf_seen
+        if len(seen) >= ELF_SEEN_MAX:
+            return
+        seen.add(node.oid)
+        if self._sequence[2] >= 3 or node.oid in self._predicted:
+            return
+        wanted = elfdeps.needs(image)
+        if not wanted.needed:
+            return
+        search = [d for d in wanted.search if d.startswith(b"/")] + LIBRARY_DIRS
+        items, budget = [], AHEAD_BYTES
+        for name in wanted.needed:
+            if b"/" in name:
+                continue
+            lib = self._library(name, search)
+            if lib is None or lib.oid in seen or lib.st_size <= 0:
+                continue
+            seen.add(lib.oid)
+            cost = lib.st_size if lib.st_size <= STREAM_ABOVE else STREAM_HELD
+            if cost <= budget:
+                budget -= cost
+                items.append((lib.oid, lib.st_size, cost))
+        if items:
+            self._ahead.also(items)
+
+    def _library(self, name: bytes, search: List[bytes]) -> Optional[Node]:
+        """The regular file the dynamic loader finds for *name* in the
+        directories *search* (absolute), symlinks followed; None if none."""
+        for directory in search:
+            try:
+                node = self._resolve(directory + b"/" + name)
+            except (OSError, EntryError):
+                continue
+            if node is not None and node.kind == mf.KIND_FILE and node.error is None:
+                return node
+        return None
+
+    def _resolve(self, path: bytes) -> Optional[Node]:
+        """The node at the absolute *path*, following symlinks in any
+        component as the kernel would (at most MAX_SYMLINKS of them); None
+        if there is none."""
+        parts = [p for p in path.split(b"/") if p and p != b"."]
+        trail: List[Node] = []          # the directories above node
+        node, hops = self.root, 0
+        while parts:
+            name = parts.pop(0)
+            if name == b"..":
+                node = trail.pop() if trail else self.root
+                continue
+            kid = self.children(node).get(name)
+            if kid is None or kid.error is not None:
+                return None
+            if kid.kind == mf.KIND_SYMLINK:
+                hops += 1
+                if hops > MAX_SYMLINKS:
+                    return None
+                target = self.readlink_node(kid, name)
+                if target.startswith(b"/"):
+                    trail, node = [], self.root
+                parts[:0] = [p for p in target.split(b"/") if p and p != b"."]
+                continue
+            if parts and kid.kind != mf.KIND_DIR:
+                return None
+            trail.append(node)
+            node = kid
+        return node
 
     def _order(self, path: bytes) -> Tuple[list, dict, list]:
         """The listing of directory *path* as the kernel got it: its

@@ -12,7 +12,7 @@ import pytest
 from gitroot.git import objects as go
 from gitroot.git import rawodb
 from gitroot.publish.importer import import_directory
-from gitroot.serve import vfs
+from gitroot.serve import readahead, vfs
 from gitroot.serve.readahead import Readahead
 from gitroot.serve.vfs import EntryError, open_view
 from tests import craft
@@ -211,3 +211,115 @@ def test_want_forgets_what_it_no_longer_names():
     assert ahead.take(b"c" * 20) == b"c" * 40
     assert ahead.served == 1
     ahead.close()
+
+
+def test_also_goes_first_and_forgets_nothing_wanted():
+    order = []
+    gate = threading.Event()
+
+    def load(_reader, oid, size):
+        gate.wait(10)
+        order.append(oid)
+        return oid
+
+    ahead = Readahead([_Reader()], load, budget=1 << 20)
+    ahead.want([(b"a" * 20, 20, 20), (b"b" * 20, 20, 20)])
+    _wait_for(lambda: ahead._busy)               # the worker holds "a"
+    ahead.also([(b"x" * 20, 20, 20), (b"b" * 20, 20, 20)])   # b is queued already
+    gate.set()
+    _wait_for(lambda: len(order) == 3)
+    assert order == [b"a" * 20, b"x" * 20, b"b" * 20]
+    assert [ahead.take(o * 20) for o in (b"a", b"b", b"x")] == [b"a" * 20, b"b" * 20, b"x" * 20]
+    ahead.close()
+
+
+def test_what_also_loaded_and_nobody_took_is_dropped(monkeypatch):
+    monkeypatch.setattr(readahead, "EXTRA_SECONDS", 0.05)
+    ahead = Readahead([_Reader()], lambda _r, oid, size: oid, budget=60)
+    ahead.also([(b"l" * 20, 40, 40)])            # a library whose pages stayed cached
+    _wait_for(lambda: ahead._held == 40 and not ahead._busy and not ahead._queue)
+    time.sleep(0.1)
+    # the next call drops it, so its cost no longer holds the budget
+    ahead.also([(b"m" * 20, 40, 40)])
+    _wait_for(lambda: not ahead._busy and not ahead._queue and b"m" * 20 in ahead._ready)
+    assert ahead.take(b"l" * 20) is None
+    assert ahead.take(b"m" * 20) == b"m" * 20
+    ahead.close()
+
+
+def _elf_tree(tmp_path, machine_dir):
+    """A root with two programs and the libraries they need, linked the
+    way Debian installs them (lib -> usr/lib, libfoo.so.1 -> libfoo.so.1.2)."""
+    src = tmp_path / "src"
+    lib = src / "usr" / "lib" / machine_dir
+    lib.mkdir(parents=True)
+    (src / "bin").mkdir()
+    os.symlink("usr/lib", src / "lib")
+    (lib / "libfoo.so.1.2").write_bytes(craft.elf_image([b"libbar.so"], size=30000))
+    os.symlink("libfoo.so.1.2", lib / "libfoo.so.1")
+    (lib / "libbar.so").write_bytes(craft.elf_image([], size=20000))
+    (src / "opt").mkdir()
+    (src / "opt" / "libown.so").write_bytes(b"own" * 5000)
+    (src / "bin" / "prog").write_bytes(
+        craft.elf_image([b"libfoo.so.1", b"libown.so", b"libmissing.so.3"],
+                        runpath=b"/opt", size=50000))
+    (src / "bin" / "other").write_bytes(craft.elf_image([b"libfoo.so.1"], size=40000))
+    import_directory(str(src), str(tmp_path / "r.git"), "main", "m")
+    return str(tmp_path / "r.git")
+
+
+def test_the_libraries_of_an_executable_are_read_ahead(tmp_path):
+    if not vfs.LIBRARY_DIRS[0].startswith(b"/lib/"):
+        pytest.skip("no multiarch directory known for this machine")
+    machine_dir = vfs.LIBRARY_DIRS[0].rsplit(b"/", 1)[1].decode()
+    view = open_view(_elf_tree(tmp_path, machine_dir), "main")
+    assert view.enable_readahead()
+    try:
+        assert view.read_file(b"bin/prog", 4096, 0)[:4] == b"\x7fELF"
+        foo = view.lookup(f"usr/lib/{machine_dir}/libfoo.so.1.2".encode())
+        own = view.lookup(b"opt/libown.so")
+        # asked for: through the symlinks (lib -> usr/lib, .so.1 -> .so.1.2)
+        # and in the executable's DT_RUNPATH; the missing one is left out
+        _wait_for(lambda: foo.oid in view._ahead._ready and own.oid in view._ahead._ready)
+        time.sleep(0.005)
+        assert view.read_file(f"usr/lib/{machine_dir}/libfoo.so.1.2".encode(), 100, 0)
+        assert view._ahead.served == 1
+        # libfoo's own first read asked for libbar in turn
+        bar = view.lookup(f"usr/lib/{machine_dir}/libbar.so".encode())
+        _wait_for(lambda: bar.oid in view._ahead._ready)
+        # a second program needing a library already read asks for nothing
+        queued_before = dict(view._ahead._ready)
+        view.read_file(b"bin/other", 4096, 0)
+        assert dict(view._ahead._ready).keys() == queued_before.keys()
+    finally:
+        view.close()
+
+
+def test_libraries_are_not_read_ahead_during_a_tree_read_in_order(tmp_path):
+    machine_dir = (vfs.LIBRARY_DIRS[0].rsplit(b"/", 1)[1].decode()
+                   if vfs.LIBRARY_DIRS[0].startswith(b"/lib/") else "x")
+    src = tmp_path / "src"
+    (src / "bin").mkdir(parents=True)
+    lib = src / "usr" / "lib" / machine_dir
+    lib.mkdir(parents=True)
+    for i in range(6):
+        (lib / f"lib{i}.so").write_bytes(craft.elf_image([], size=9000 + i))
+        (src / "bin" / f"p{i}").write_bytes(craft.elf_image([b"lib%d.so" % i], size=5000 + i))
+    import_directory(str(src), str(tmp_path / "r.git"), "main", "m")
+    view = open_view(str(tmp_path / "r.git"), "main")
+    assert view.enable_readahead()
+    asked = []
+    also = view._ahead.also
+    view._ahead.also = lambda items: (asked.append(len(items)), also(items))
+    try:
+        for i in range(6):
+            time.sleep(0.005)
+            assert view.read_file(b"bin/p%d" % i, 100 << 10, 0)[:4] == b"\x7fELF"
+        if not vfs.LIBRARY_DIRS[0].startswith(b"/lib/"):
+            assert asked == []          # nowhere to look: nothing asked
+        else:
+            # p0 and p1 ask for their library; from the third in a row on,
+            # the reader goes through the tree in order (tar): none asked
+            assert asked == [1, 1]
+    finally:
+        view.close()
