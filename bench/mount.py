@@ -199,6 +199,7 @@ VARIANTS = {
     # (gitroot.serve.readahead), or with one worker thread instead of two
     "no-filereadahead": ({"GITROOT_READAHEAD": "off"}, None),
     "filereadahead-1": ({"GITROOT_READAHEAD": "1"}, None),
+    "no-libreadahead": ({"GITROOT_READAHEAD_LIBS": "off"}, None),
     "no-readahead": ({"GITROOT_FUSE": "libfuse3"}, 128),    # the kernel's default
     "no-levers": ({"GITROOT_FUSE": "libfuse3", "GITROOT_FUSE3_OFF": ",".join(LEVERS)}, 128),
     "before": ({}, None),                                    # code from --before

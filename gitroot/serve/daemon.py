@@ -146,12 +146,16 @@ def _serve(view: RootView, mountpoint: str, allow_other: bool, on_ready, debug: 
         log.info("read-ahead across files: off (GITROOT_READAHEAD=%s)", setting)
     else:
         try:
-            enabled = view.enable_readahead(threads)
+            # GITROOT_READAHEAD_LIBS=off: no libraries read ahead (for
+            # bench/mount.py's no-libreadahead variant)
+            libraries = os.environ.get("GITROOT_READAHEAD_LIBS", "") != "off"
+            enabled = view.enable_readahead(threads, libraries=libraries)
         except Exception as err:        # an optimization: never worth a failed mount
             log.warning("read-ahead across files: off (%s)", err)
         else:
             if enabled:
-                log.info("read-ahead across files: %d thread(s)", threads)
+                log.info("read-ahead across files: %d thread(s)%s", threads,
+                         "" if libraries else ", libraries not read ahead")
             else:
                 log.info("read-ahead across files: off (libgit2 cannot be called "
                          "through ctypes here)")

@@ -261,13 +261,17 @@ class RootView:
         self._predicted: Dict[bytes, int] = {}
         self._orders: Dict[bytes, Tuple[list, dict, list]] = {}
         # the blobs first read as ELF files, or asked for as libraries
-        # (_elf_first_read), at most ELF_SEEN_MAX
-        self._elf_seen: set = set()
+        # (_elf_first_read), at most ELF_SEEN_MAX; None: libraries off
+        self._elf_seen: Optional[set] = set()
 
-    def enable_readahead(self, threads: int = 2) -> bool:
+    def enable_readahead(self, threads: int = 2, libraries: bool = True) -> bool:
         """Read the next blobs of a tree read in order in *threads* other
-        threads (gitroot.serve.readahead); the daemon calls this, tests and
-        tools leave it off.  False if libgit2 cannot be used that way here."""
+        threads (gitroot.serve.readahead), and with *libraries* those an
+        executable needs (_elf_first_read); the daemon calls this, tests
+        and tools leave it off.  False if libgit2 cannot be used that way
+        here."""
+        if not libraries:
+            self._elf_seen = None
         first = open_odb(self.repo, bytes.fromhex(self.commit_id))
         if first is None:
             return False
@@ -660,7 +664,7 @@ class RootView:
         dropped after readahead.EXTRA_SECONDS).  The cold python3 start of
         bench/mount.py: docs/performance.md, "Libraries read ahead"."""
         seen = self._elf_seen
-        if len(seen) >= ELF_SEEN_MAX:
+        if seen is None or len(seen) >= ELF_SEEN_MAX:
             return
         seen.add(node.oid)
         if self._sequence[2] >= 3 or node.oid in self._predicted:

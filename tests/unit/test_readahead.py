@@ -323,3 +323,16 @@ def test_libraries_are_not_read_ahead_during_a_tree_read_in_order(tmp_path):
             assert asked == [1, 1]
     finally:
         view.close()
+
+
+def test_libraries_can_be_left_alone(tmp_path):
+    machine_dir = (vfs.LIBRARY_DIRS[0].rsplit(b"/", 1)[1].decode()
+                   if vfs.LIBRARY_DIRS[0].startswith(b"/lib/") else "x")
+    view = open_view(_elf_tree(tmp_path, machine_dir), "main")
+    assert view.enable_readahead(libraries=False)
+    try:
+        view.read_file(b"bin/prog", 4096, 0)
+        time.sleep(0.05)
+        assert not view._ahead._ready and not view._ahead._queue and not view._ahead._busy
+    finally:
+        view.close()
