@@ -24,6 +24,7 @@ from typing import List, NamedTuple
 MAX_PROGRAM_HEADERS = 64
 MAX_DYNAMIC_ENTRIES = 512
 MAX_NEEDED = 64
+MAX_SEARCH = 8          # directories of a DT_RUNPATH
 MAX_NAME = 255
 
 PT_LOAD, PT_DYNAMIC = 1, 2
@@ -99,6 +100,7 @@ def _needs(image: bytes) -> Needs:
     search = []
     for value in runpath[:1]:
         search.extend(d for d in _string(image, table + value).split(b":") if d)
+    del search[MAX_SEARCH:]
     return Needs([name for name in (_string(image, table + v) for v in needed) if name],
                  search)
 

@@ -147,8 +147,12 @@ _fi = ctypes.POINTER(FileInfo)
 INIT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ConnInfo))
 LOOKUP = ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_char_p)
 INODE = ctypes.CFUNCTYPE(None, _req, _ino)                       # readlink, statfs
-INODE_FI = ctypes.CFUNCTYPE(None, _req, _ino, _fi)               # getattr, opendir
-INODE_READ = ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_size_t, ctypes.c_int64, _fi)
+# the fuse_file_info of these is passed as a plain address: a POINTER
+# argument makes ctypes build a pointer object at every call, and only
+# opendir (with its lever off) looks at it (_file_info)
+INODE_FI = ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_void_p)    # getattr, open, opendir
+INODE_READ = ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_size_t, ctypes.c_int64,
+                              ctypes.c_void_p)
 GETXATTR = ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_char_p, ctypes.c_size_t)
 LISTXATTR = ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_size_t)
 
@@ -426,8 +430,9 @@ class Session:
         if node.kind != mf.KIND_DIR:
             raise NotADirectoryError(ino)
         # the kernel keeps the listing in its page cache, across opens
-        fi.contents.bits |= FI_CACHE_READDIR | FI_KEEP_CACHE
-        _lib.fuse_reply_open(req, fi)
+        info = ctypes.cast(fi, _fi)
+        info.contents.bits |= FI_CACHE_READDIR | FI_KEEP_CACHE
+        _lib.fuse_reply_open(req, info)
 
     def _entries(self, ino: int) -> List[Tuple[bytes, object]]:
         """The listing of directory *ino*: its entries' nodes, after "."
@@ -449,6 +454,11 @@ class Session:
         if plus:
             data = self._direntplus(ino, entries, size, offset)
             _reply_buf(req, data, len(data))
+            return
+        if offset >= len(entries):
+            # the end: the kernel asks once more after each listing (a
+            # plain READDIR, as readdirplus is only used from offset 0)
+            _reply_buf(req, None, 0)
             return
         buf = ctypes.create_string_buffer(size)
         start = ctypes.addressof(buf)

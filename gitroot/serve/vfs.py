@@ -107,6 +107,12 @@ LIBRARY_DIRS = ([b"/lib/" + _TRIPLET, b"/usr/lib/" + _TRIPLET] if _TRIPLET else 
     b"/lib64", b"/usr/lib64", b"/lib", b"/usr/lib"]
 MAX_SYMLINKS = 40
 ELF_SEEN_MAX = 65536
+#: bounds on what one ELF file's first read may cost the loop, whatever a
+#: hostile release names: libraries looked for (elfdeps caps the runpath
+#: at 8 directories, so at most 16 x 14 paths), path components walked
+#: per path (symlinks included)
+LIBRARIES_PER_FILE = 16
+MAX_RESOLVE_STEPS = 256
 ELF_MAGIC = b"\x7fELF"
 PATH_MAX = 4096      # Linux's longest symlink target
 HIGH_INO = 1 << 62   # inodes of entries the manifest lacks (see _fallback_ino)
@@ -674,7 +680,7 @@ class RootView:
             return
         search = [d for d in wanted.search if d.startswith(b"/")] + LIBRARY_DIRS
         items, budget = [], AHEAD_BYTES
-        for name in wanted.needed:
+        for name in wanted.needed[:LIBRARIES_PER_FILE]:
             if b"/" in name:
                 continue
             lib = self._library(name, search)
@@ -706,8 +712,11 @@ class RootView:
         if there is none."""
         parts = [p for p in path.split(b"/") if p and p != b"."]
         trail: List[Node] = []          # the directories above node
-        node, hops = self.root, 0
+        node, hops, steps = self.root, 0, 0
         while parts:
+            steps += 1
+            if steps > MAX_RESOLVE_STEPS:
+                return None
             name = parts.pop(0)
             if name == b"..":
                 node = trail.pop() if trail else self.root

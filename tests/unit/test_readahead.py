@@ -336,3 +336,34 @@ def test_libraries_can_be_left_alone(tmp_path):
         assert not view._ahead._ready and not view._ahead._queue and not view._ahead._busy
     finally:
         view.close()
+
+
+def test_a_hostile_library_path_costs_a_bounded_walk(tmp_path):
+    """Symlinks that loop, or lead through thousands of components, end
+    the search for that library (None), never the daemon."""
+    src = tmp_path / "src"
+    (src / "bin").mkdir(parents=True)
+    (src / "loop").mkdir()
+    os.symlink("b", src / "loop" / "a")
+    os.symlink("a", src / "loop" / "b")
+    os.symlink("/" + "./" * 1000 + "x/" * 1000, src / "loop" / "long")
+    (src / "bin" / "prog").write_bytes(craft.elf_image(
+        [b"a", b"long"] + [b"lib%d.so" % i for i in range(60)],
+        runpath=b":".join([b"/loop"] * 20), size=8000))
+    os.makedirs(src / "deep" / "/".join(["d"] * 300))
+    import_directory(str(src), str(tmp_path / "r.git"), "main", "m")
+    view = open_view(str(tmp_path / "r.git"), "main")
+    assert view._resolve(b"/deep/" + b"/".join([b"d"] * 200)).kind == "d"
+    assert view._resolve(b"/deep/" + b"/".join([b"d"] * 300)) is None     # too many steps
+    assert view._resolve(b"/loop/a") is None
+    assert view._resolve(b"/loop/long/y") is None
+    assert view._resolve(b"/bin/prog/x") is None        # a file is no directory
+    assert view._resolve(b"/loop/../bin/./prog").kind == "f"
+    assert view.enable_readahead()
+    try:
+        started = time.monotonic()
+        assert view.read_file(b"bin/prog", 100, 0)[:4] == b"\x7fELF"
+        assert time.monotonic() - started < 5
+        assert not view._ahead._queue and not view._ahead._ready
+    finally:
+        view.close()
