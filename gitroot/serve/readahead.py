@@ -10,7 +10,10 @@ read in order (RootView._first_read), it asks for the next files of a
 depth-first walk (:meth:`Readahead.want`); worker threads load them (the
 view's loader: a blob through libgit2 with the GIL released,
 gitroot.git.rawodb, or a large one verified as a stream) and keep them
-until the loop takes them (:meth:`Readahead.take`).
+until the loop takes them (:meth:`Readahead.take`).  The view also asks,
+with :meth:`Readahead.also`, for the libraries an executable it has just
+served will need (RootView._elf_first_read): those go first, and what
+nobody takes soon is dropped.
 
 What it may cost is bounded: *budget* bytes loaded and not yet taken (a
 reader that stops leaves at most that behind until the next want, which
