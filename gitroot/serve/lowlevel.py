@@ -149,7 +149,7 @@ LOOKUP = ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_char_p)
 INODE = ctypes.CFUNCTYPE(None, _req, _ino)                       # readlink, statfs
 # the fuse_file_info of these is passed as a plain address: a POINTER
 # argument makes ctypes build a pointer object at every call, and only
-# opendir (with its lever off) looks at it (_file_info)
+# op_opendir (with its lever off) looks at it, through ctypes.cast
 INODE_FI = ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_void_p)    # getattr, open, opendir
 INODE_READ = ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_size_t, ctypes.c_int64,
                               ctypes.c_void_p)
@@ -485,7 +485,7 @@ class Session:
         used = 0
         for position in range(max(offset, 0), len(entries)):
             name, kid = entries[position]
-            length = 152 + len(name)
+            length = _DIRENTPLUS.size + len(name)
             padding = _PADDING[length % 8]
             length += len(padding)
             if used + length > size:

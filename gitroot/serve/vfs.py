@@ -230,6 +230,12 @@ _NO_STAT = (0,) * 8
 _IFMT = mf.KIND_TO_IFMT
 
 
+def _held_ahead(node: Node) -> int:
+    """What a blob read ahead holds until taken: its bytes, or over
+    STREAM_ABOVE a stream's checkpoints."""
+    return node.st_size if node.st_size <= STREAM_ABOVE else STREAM_HELD
+
+
 def _fallback_ino(path: bytes) -> int:
     # Stable across mounts and far above manifest positions.
     return HIGH_INO | int.from_bytes(hashlib.blake2b(path, digest_size=8).digest(), "big") >> 2
@@ -584,7 +590,7 @@ class RootView:
                                          size, offset)
             data = ahead
             self._check_size(node, path, len(data))
-            if offset == 0 and data[:4] == ELF_MAGIC:
+            if offset == 0 and data.startswith(ELF_MAGIC):
                 self._elf_first_read(node, data)
         else:
             where = self._files.locate(node.oid)
@@ -604,7 +610,7 @@ class RootView:
             data = self._content(node, path)
             if offset == 0 and self._ahead is not None:
                 self._first_read(node, path)
-                if data[:4] == ELF_MAGIC:
+                if data.startswith(ELF_MAGIC):
                     self._elf_first_read(node, data)
         end = offset + size
         if end < len(data) or not sequential:
@@ -646,8 +652,7 @@ class RootView:
             return
         wanted, budget = [], AHEAD_BYTES
         for kid in self._files_after(parent, here):
-            # what it holds until taken: its bytes, or a stream's checkpoints
-            cost = kid.st_size if kid.st_size <= STREAM_ABOVE else STREAM_HELD
+            cost = _held_ahead(kid)
             if len(wanted) == READ_AHEAD_FILES:
                 break
             if cost > budget:
@@ -687,7 +692,7 @@ class RootView:
             if lib is None or lib.oid in seen or lib.st_size <= 0:
                 continue
             seen.add(lib.oid)
-            cost = lib.st_size if lib.st_size <= STREAM_ABOVE else STREAM_HELD
+            cost = _held_ahead(lib)
             if cost <= budget:
                 budget -= cost
                 items.append((lib.oid, lib.st_size, cost))
